@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# gpu_check.sh: the one command for a GPU machine. Builds flash-dmattn for the local GPU's arch,
+# installs it into a scratch directory, runs the whole test suite (GPU-marked tests included), the
+# side-by-side benchmark and the host-overhead benchmark, and prints a short summary.
+#
+#   bash ci/gpu_check.sh [RESULTS_DIR]
+#
+# RESULTS_DIR (default: $OUT if set, else ./gpu-check) receives summary.md and the full logs; commit
+# them under benchmarks/results/<date>-<gpu>/. Environment:
+#   DMATTN_ARCHS      archs to build (default: the local GPU's)
+#   DMATTN_HEAD_DIMS  head-dim subset (default: all)
+#   CUTLASS_DIR       CUTLASS headers; otherwise a nvidia-cutlass wheel in .whl/ or the installed package
+#   GIT_COMMIT        commit being checked (default: git rev-parse HEAD when .git exists)
+#   JOBS              build parallelism (default: nproc)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+RESULTS=${1:-${OUT:-$PWD/gpu-check}}
+mkdir -p "$RESULTS"
+SCRATCH=${SCRATCH:-/tmp/dmattn-gpu-check}
+SITE=$SCRATCH/site
+PY=${PYTHON:-python3}
+export CMAKE_BUILD_PARALLEL_LEVEL=${JOBS:-$(nproc)}
+COMMIT=${GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+status=0
+step() { printf '\n==== %s ====\n' "$*"; }
+
+step "machine"
+nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader | tee "$RESULTS/gpu.txt"
+GPU=$(head -1 "$RESULTS/gpu.txt" | cut -d, -f1)
+$PY -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda)"
+nvcc --version | tail -2
+
+step "CUTLASS"
+if [ -z "${CUTLASS_DIR:-}" ]; then
+  wheel=$(ls .whl/nvidia_cutlass-*.whl 2>/dev/null | head -1)
+  if [ -n "$wheel" ]; then
+    $PY -m pip install -q --no-deps --no-index --target "$SCRATCH/cutlass" "$wheel" || exit 1
+    export CUTLASS_DIR=$SCRATCH/cutlass/cutlass_library/source
+  fi
+fi
+echo "CUTLASS_DIR=${CUTLASS_DIR:-<from the installed nvidia-cutlass package>}"
+
+step "build (archs: ${DMATTN_ARCHS:-local GPU}, jobs: $CMAKE_BUILD_PARALLEL_LEVEL)"
+rm -rf "$SITE"
+t0=$(date +%s)
+$PY -m pip install --no-build-isolation --no-deps --no-index --target "$SITE" \
+  -C build-dir="$SCRATCH/build" -C cmake.define.CUTLASS_DIR="${CUTLASS_DIR:-}" . > "$RESULTS/build.log" 2>&1
+rc=$?
+t1=$(date +%s)
+BUILD_S=$((t1 - t0))
+tail -3 "$RESULTS/build.log"
+if [ $rc -ne 0 ]; then
+  echo "BUILD FAILED (rc $rc); see build.log"
+  tail -40 "$RESULTS/build.log"
+  exit 1
+fi
+ls -la "$SITE/flash_dmattn/lib" | tee "$RESULTS/libraries.txt"
+export PYTHONPATH=$SITE
+
+step "python -m flash_dmattn"
+$PY -m flash_dmattn | tee "$RESULTS/info.txt" || status=1
+
+step "tests (all, GPU-marked included)"
+$PY -m pytest tests -q -rs -p no:cacheprovider 2>&1 | tee "$RESULTS/pytest.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+TESTS=$(tail -1 "$RESULTS/pytest.log")
+
+step "benchmark: python -m flash_dmattn bench"
+$PY -m flash_dmattn bench 2>&1 | tee "$RESULTS/bench.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+step "benchmark: host overhead"
+$PY benchmarks/bench_overhead.py --json "$RESULTS/overhead.json" 2>&1 | tee "$RESULTS/overhead.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+{
+  echo "# GPU check: $(date -u +%Y-%m-%d) on $GPU"
+  echo
+  echo "- commit: $COMMIT"
+  echo "- gpu: $(cat "$RESULTS/gpu.txt")"
+  echo "- software: $($PY -c "import sys, torch; print('python', sys.version.split()[0], '/ torch', torch.__version__)") / $(nvcc --version | tail -1)"
+  echo "- build: ${BUILD_S}s for archs ${DMATTN_ARCHS:-local} with $CMAKE_BUILD_PARALLEL_LEVEL jobs"
+  echo "- tests: $TESTS"
+  echo
+  echo '## Libraries'; echo '```'; cat "$RESULTS/libraries.txt"; echo '```'
+  echo '## python -m flash_dmattn'; echo '```'; cat "$RESULTS/info.txt"; echo '```'
+  echo '## python -m flash_dmattn bench'; echo '```'; cat "$RESULTS/bench.txt"; echo '```'
+  echo '## Host overhead (benchmarks/bench_overhead.py)'; echo '```'; cat "$RESULTS/overhead.txt"; echo '```'
+} > "$RESULTS/summary.md"
+
+step "summary"
+echo "gpu: $GPU | commit: $COMMIT | build: ${BUILD_S}s | tests: $TESTS | status: $([ $status -eq 0 ] && echo PASS || echo FAIL)"
+exit $status

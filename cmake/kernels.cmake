@@ -1,0 +1,68 @@
+# kernels.cmake: the kernel instantiation table, the one list of what gets compiled.
+#
+# A row is "family:direction:dtype:head_dim", e.g. "sm90:fwd:bf16:128"; each row is one translation
+# unit (causal x bias switched inside it). Rows = built families x implemented directions x dtypes x
+# head-dim buckets, filtered by:
+#   DMATTN_HEAD_DIMS   subset of buckets for fast developer builds (default: all)
+#   DMATTN_KERNELS     explicit rows to keep, e.g. "sm90:fwd:bf16:128" ("" = every row)
+# The library reports the table at run time (dmattn_kernel_table) so tests ask instead of guessing.
+
+set(DMATTN_HEAD_DIM_BUCKETS 32 64 96 128 192 256)
+set(DMATTN_DTYPES fp16 bf16)
+# Directions whose kernels exist. The forward and backward kernels add themselves here when they
+# land; until then the table is empty and the entry points answer NOT_IMPLEMENTED.
+set(DMATTN_IMPLEMENTED_DIRECTIONS "")
+
+function(dmattn_kernel_rows families out_var)
+  set(_head_dims ${DMATTN_HEAD_DIMS})
+  if(NOT _head_dims)
+    set(_head_dims ${DMATTN_HEAD_DIM_BUCKETS})
+  endif()
+  foreach(_d IN LISTS _head_dims)
+    if(NOT _d IN_LIST DMATTN_HEAD_DIM_BUCKETS)
+      message(FATAL_ERROR "DMATTN_HEAD_DIMS: ${_d} is not a head-dim bucket (${DMATTN_HEAD_DIM_BUCKETS})")
+    endif()
+  endforeach()
+  set(_rows "")
+  foreach(_family IN LISTS families)
+    foreach(_direction IN LISTS DMATTN_IMPLEMENTED_DIRECTIONS)
+      foreach(_dtype IN LISTS DMATTN_DTYPES)
+        foreach(_d IN LISTS _head_dims)
+          set(_row "${_family}:${_direction}:${_dtype}:${_d}")
+          if(DMATTN_KERNELS STREQUAL "" OR _row IN_LIST DMATTN_KERNELS)
+            list(APPEND _rows ${_row})
+          endif()
+        endforeach()
+      endforeach()
+    endforeach()
+  endforeach()
+  set(${out_var} "${_rows}" PARENT_SCOPE)
+endfunction()
+
+# C initializer fragments for build_info.h: head dims and dtype flags present in the rows.
+function(dmattn_table_facts rows)
+  set(_dims "")
+  set(_flags 0)
+  set(_text "")
+  foreach(_row IN LISTS rows)
+    string(REPLACE ":" ";" _parts "${_row}")
+    list(GET _parts 2 _dtype)
+    list(GET _parts 3 _d)
+    list(APPEND _dims ${_d})
+    if(_dtype STREQUAL "fp16")
+      math(EXPR _flags "${_flags} | 1")
+    else()
+      math(EXPR _flags "${_flags} | 2")
+    endif()
+    string(APPEND _text "${_row}\\n")
+  endforeach()
+  list(REMOVE_DUPLICATES _dims)
+  list(SORT _dims COMPARE NATURAL)
+  set(_c "")
+  foreach(_d IN LISTS _dims)
+    string(APPEND _c "${_d}, ")
+  endforeach()
+  set(DMATTN_TABLE_HEAD_DIMS_C "${_c}" PARENT_SCOPE)
+  set(DMATTN_TABLE_DTYPE_FLAGS "${_flags}" PARENT_SCOPE)
+  set(DMATTN_KERNEL_TABLE_TEXT "${_text}" PARENT_SCOPE)
+endfunction()

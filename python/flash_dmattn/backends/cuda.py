@@ -1,0 +1,87 @@
+"""CUDA backend: the only importer of the compiled module `flash_dmattn._C`.
+
+Allocates workspaces with torch (so the caching allocator and CUDA graphs see them), passes the
+current raw stream, and maps library status codes to Python exceptions (done inside _C).
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    from flash_dmattn import _C
+    _IMPORT_ERROR = None
+except ImportError as exc:  # built with DMATTN_CUDA=OFF, or the module failed to load
+    _C = None
+    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+
+def is_built() -> bool:
+    """True when the compiled module and libdmattn are present."""
+    return _C is not None
+
+
+def unavailable_reason(device: int | None = None) -> str | None:
+    """None when CUDA kernels can run on `device` (default: current), else why not."""
+    if _C is None:
+        return ("the CUDA backend was not built or failed to load "
+                f"({_IMPORT_ERROR}); reinstall without DMATTN_CUDA=OFF")
+    if not torch.cuda.is_available():
+        return "no CUDA device is visible to PyTorch"
+    if device is None:
+        device = torch.cuda.current_device()
+    return _C.device_unavailable_reason(device)
+
+
+def info() -> dict:
+    """Library facts: version, ABI version, compiled archs, head dims, dtypes, kernel table."""
+    if _C is None:
+        raise RuntimeError(unavailable_reason())
+    return _C.info()
+
+
+def _stream(t: torch.Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream
+
+
+# Tensors cross into _C as DLPack capsules made by torch's C exporter: Tensor.__dlpack__ is Python
+# code costing ~6.6 us per tensor (measured, torch 2.13, Xeon 2.5 GHz); the capsule costs ~0.9 us
+# and performs no stream synchronization (the stream is passed explicitly).
+_to_dlpack = torch._C._to_dlpack
+
+
+def _capsules(tensors):
+    return [None if t is None else _to_dlpack(t) for t in tensors]
+
+
+def _allocator(like: torch.Tensor):
+    """The workspace callback _C calls (only when the library asks for workspace): a torch byte
+    tensor, so the caching allocator and CUDA graph capture see every byte."""
+    return lambda nbytes: _to_dlpack(torch.empty(nbytes, dtype=torch.uint8, device=like.device))
+
+
+def fwd(q, k, v, mask, bias, out, lse, scale: float, causal: bool, softcap: float) -> None:
+    """Writes out (B,Q,H,D) and lse (B,H,Q) fp32. Raises NotImplementedError for missing kernels."""
+    _C.fwd(*_capsules((q, k, v, mask, bias, out, lse)), _allocator(q), scale, softcap, causal, _stream(q))
+
+
+def bwd(dout, q, k, v, mask, bias, out, lse, dq, dk, dv, dbias,
+        scale: float, causal: bool, softcap: float, deterministic: bool) -> None:
+    """Writes dq, dk, dv and (when given) dbias in the bias's own shape."""
+    tensors = (dout, q, k, v, mask, bias, out, lse, dq, dk, dv, dbias)
+    _C.bwd(*_capsules(tensors), _allocator(q), scale, softcap, causal, deterministic, _stream(q))
+
+
+def varlen_fwd(q, k, v, mask, bias, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int,
+               max_seqlen_k: int, block_table, scale: float, causal: bool, softcap: float) -> None:
+    """Packed sequences: q (total_q,H,D), k/v (total_k,H_kv,D) or paged; lse (H,total_q) fp32."""
+    tensors = (q, k, v, mask, bias, out, lse, cu_seqlens_q, cu_seqlens_k, block_table)
+    _C.varlen_fwd(*_capsules(tensors), max_seqlen_q, max_seqlen_k, scale, softcap, causal, _allocator(q),
+                  _stream(q))
+
+
+def varlen_bwd(dout, q, k, v, mask, bias, out, lse, dq, dk, dv, dbias, cu_seqlens_q, cu_seqlens_k,
+               max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool, softcap: float,
+               deterministic: bool) -> None:
+    tensors = (dout, q, k, v, mask, bias, out, lse, dq, dk, dv, dbias, cu_seqlens_q, cu_seqlens_k)
+    _C.varlen_bwd(*_capsules(tensors), max_seqlen_q, max_seqlen_k, scale, softcap, causal, deterministic,
+                  _allocator(q), _stream(q))

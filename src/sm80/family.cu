@@ -1,0 +1,95 @@
+// family.cu: the SM80-class kernel library's table (family/family.h). One source, compiled once per
+// arch family (sm80, sm90, sm100, sm120) with that family's -gencode targets; DMATTN_FAMILY_NAME
+// says which. Until the attention kernels land, fwd/bwd answer NOT_IMPLEMENTED naming the kernel.
+#include <cuda_runtime_api.h>
+
+#include <cstdio>
+
+#include "family/family.h"
+
+#ifndef DMATTN_FAMILY_NAME
+#error "DMATTN_FAMILY_NAME must be defined by the build (e.g. \"sm80\")"
+#endif
+
+namespace dmattn::sm80 {
+namespace {
+
+// Never launched: cudaFuncGetAttributes on it tells whether this library's fatbin holds an image
+// (SASS for the device's arch, or PTX the driver can compile) that the device can run.
+__global__ void image_probe_kernel() {}
+
+// Restores the calling thread's current device: the runtime's current device is shared with the
+// caller (torch), so the library must not leave it changed.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    ok_ = cudaGetDevice(&previous_) == cudaSuccess;
+    if (ok_ && previous_ != device) ok_ = cudaSetDevice(device) == cudaSuccess;
+  }
+  ~DeviceGuard() {
+    if (ok_) cudaSetDevice(previous_);
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  int previous_ = 0;
+  bool ok_ = false;
+};
+
+dmattn_status probe(int32_t device, char* msg, size_t msg_len) {
+  DeviceGuard guard(device);
+  if (!guard.ok()) {
+    std::snprintf(msg, msg_len, "cannot select CUDA device %d: %s", device, cudaGetErrorString(cudaGetLastError()));
+    return DMATTN_STATUS_CUDA_ERROR;
+  }
+  cudaFuncAttributes attr{};
+  cudaError_t err = cudaFuncGetAttributes(&attr, image_probe_kernel);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    std::snprintf(msg, msg_len,
+                  "the %s kernel library has no code this GPU can run (%s); rebuild with -DDMATTN_ARCHS set to the "
+                  "GPU's compute capability",
+                  DMATTN_FAMILY_NAME, cudaGetErrorString(err));
+    return DMATTN_STATUS_UNSUPPORTED_DEVICE;
+  }
+  return DMATTN_STATUS_SUCCESS;
+}
+
+dmattn_status missing_kernel(const char* direction, DType dtype, int head_dim, char* msg, size_t msg_len) {
+  std::snprintf(msg, msg_len,
+                "the CUDA %s kernel (%s, %s, head_dim %d) is not implemented in this version of flash-dmattn; "
+                "use the 'reference' or 'flex' backend meanwhile",
+                direction, DMATTN_FAMILY_NAME, dtype_name(dtype), head_dim);
+  return DMATTN_STATUS_NOT_IMPLEMENTED;
+}
+
+// A call that will answer NOT_IMPLEMENTED needs no workspace: the size query succeeds with 0 so the
+// whole host path up to the launch can be exercised (and timed) before the kernels exist.
+dmattn_status fwd_workspace_size(const FwdProblem*, size_t* bytes, char*, size_t) {
+  *bytes = 0;
+  return DMATTN_STATUS_SUCCESS;
+}
+
+dmattn_status fwd(const FwdProblem* p, char* msg, size_t msg_len) {
+  return missing_kernel("forward", p->dtype, p->shape.head_dim, msg, msg_len);
+}
+
+dmattn_status bwd_workspace_size(const BwdProblem*, size_t* bytes, char*, size_t) {
+  *bytes = 0;
+  return DMATTN_STATUS_SUCCESS;
+}
+
+dmattn_status bwd(const BwdProblem* p, char* msg, size_t msg_len) {
+  return missing_kernel("backward", p->dtype, p->shape.head_dim, msg, msg_len);
+}
+
+constexpr dmattn_family_table kTable = {
+    DMATTN_FAMILY_ABI, DMATTN_FAMILY_NAME, probe, fwd_workspace_size, fwd, bwd_workspace_size, bwd,
+};
+
+}  // namespace
+}  // namespace dmattn::sm80
+
+extern "C" __attribute__((visibility("default"))) const dmattn_family_table* dmattn_family_get(void) {
+  return &dmattn::sm80::kTable;
+}
