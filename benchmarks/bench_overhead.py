@@ -68,7 +68,7 @@ def main() -> None:
     rows["public flash_dmattn_func"] = per_call_us(swallow(
         lambda: flash_dmattn.flash_dmattn_func(q=q, k=k, v=v, attn_mask=mask, attn_bias=bias), *exc), args.iters)
     rows["op torch.ops.flash_dmattn.fwd"] = per_call_us(swallow(
-        lambda: torch.ops.flash_dmattn.fwd(q, k, v, mask, bias, scale, False, 0.0), *exc), args.iters)
+        lambda: torch.ops.flash_dmattn.fwd(q, k, v, mask, bias, scale, False, 0.0, False), *exc), args.iters)
     rows["backends.cuda.fwd"] = per_call_us(swallow(
         lambda: cuda_backend.fwd(q, k, v, mask, bias, out, lse, scale, False, 0.0), *exc), args.iters)
     rows["_C.fwd_workspace_size (DLPack capsules)"] = per_call_us(

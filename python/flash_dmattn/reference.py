@@ -132,7 +132,7 @@ def _keep(mask_g, causal, q0, q1, Q, K, device) -> Tensor | None:
 def _scores(q_c, k_t, bias_g, keep, q0, q1, scale, softcap, cdt) -> tuple[Tensor, Tensor | None]:
     """Masked scores (B, H_kv, G, Qc, K) of one query chunk, and tanh(scale*qk/c) when capped."""
     B, N, G, Qc, D = q_c.shape
-    s = torch.matmul(q_c.reshape(B, N, G * Qc, D), k_t).view(B, N, G, Qc, -1) * scale
+    s = torch.matmul(q_c.reshape(B, N, G * Qc, D), k_t).view(B, N, G, Qc, k_t.shape[-1]) * scale
     t = None
     if softcap > 0.0:
         t = torch.tanh(s / softcap)

@@ -5,10 +5,12 @@ current raw stream, and maps library status codes to Python exceptions (done ins
 """
 from __future__ import annotations
 
+import importlib
+
 import torch
 
 try:
-    from flash_dmattn import _C
+    _C = importlib.import_module("flash_dmattn._C")
     _IMPORT_ERROR = None
 except ImportError as exc:  # built with DMATTN_CUDA=OFF, or the module failed to load
     _C = None
@@ -20,8 +22,14 @@ def is_built() -> bool:
     return _C is not None
 
 
-def unavailable_reason(device: int | None = None) -> str | None:
-    """None when CUDA kernels can run on `device` (default: current), else why not."""
+# The kernel table is fixed at build time; device answers are cached per device index.
+_KERNELS = tuple(_C.info()["kernels"]) if _C is not None else ()
+_device_reasons: dict[int, str | None] = {}
+
+
+def library_unavailable_reason(device: int | None = None) -> str | None:
+    """None when libdmattn is loaded and serves `device` (default: current); kernels for a given
+    problem may still be missing, which the library reports itself (NotImplementedError naming it)."""
     if _C is None:
         return ("the CUDA backend was not built or failed to load "
                 f"({_IMPORT_ERROR}); reinstall without DMATTN_CUDA=OFF")
@@ -29,7 +37,18 @@ def unavailable_reason(device: int | None = None) -> str | None:
         return "no CUDA device is visible to PyTorch"
     if device is None:
         device = torch.cuda.current_device()
-    return _C.device_unavailable_reason(device)
+    if device not in _device_reasons:
+        _device_reasons[device] = _C.device_unavailable_reason(device)
+    return _device_reasons[device]
+
+
+def unavailable_reason(device: int | None = None) -> str | None:
+    """None when the cuda backend can serve `device` (default: current): the library is there and
+    holds kernels. Backend selection (flash_dmattn_func_auto) uses this."""
+    reason = library_unavailable_reason(device)
+    if reason is None and not _KERNELS:
+        return "the CUDA kernels are not implemented in this version (the library and its ABI are)"
+    return reason
 
 
 def info() -> dict:
