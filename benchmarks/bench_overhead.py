@@ -46,8 +46,9 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=5000)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    if not torch.cuda.is_available() or cuda_backend.unavailable_reason() is not None:
-        raise SystemExit(f"needs the CUDA backend on a GPU: {cuda_backend.unavailable_reason()}")
+    reason = cuda_backend.library_unavailable_reason() if torch.cuda.is_available() else "no GPU"
+    if reason is not None:
+        raise SystemExit(f"needs libdmattn serving a GPU: {reason}")
     from flash_dmattn import _C
 
     dev, dt = "cuda", torch.bfloat16
@@ -59,33 +60,35 @@ def main() -> None:
     lse = torch.empty(B, H, L, device=dev, dtype=torch.float32)
     dl = torch._C._to_dlpack
     stream = torch.cuda.current_stream().cuda_stream
+    from flash_dmattn import ops
     scale = D ** -0.5
-    alloc = lambda n: dl(torch.empty(n, dtype=torch.uint8, device=dev))
+    alloc = lambda n: dl(torch.empty(n, dtype=torch.uint8, device=dev))  # noqa: E731
     kernel_missing = "fwd:bf16:64" not in "\n".join(cuda_backend.info()["kernels"])
     exc = (NotImplementedError,) if kernel_missing else ()
 
     rows = {}
-    rows["public flash_dmattn_func"] = per_call_us(swallow(
-        lambda: flash_dmattn.flash_dmattn_func(q=q, k=k, v=v, attn_mask=mask, attn_bias=bias), *exc), args.iters)
-    rows["op torch.ops.flash_dmattn.fwd"] = per_call_us(swallow(
-        lambda: torch.ops.flash_dmattn.fwd(q, k, v, mask, bias, scale, False, 0.0, False), *exc), args.iters)
-    rows["backends.cuda.fwd"] = per_call_us(swallow(
-        lambda: cuda_backend.fwd(q, k, v, mask, bias, out, lse, scale, False, 0.0), *exc), args.iters)
-    rows["_C.fwd_workspace_size (DLPack capsules)"] = per_call_us(
-        lambda: _C.fwd_workspace_size(dl(q), dl(k), dl(v), dl(mask), dl(bias), dl(out), dl(lse), scale, 0.0, False),
-        args.iters)
-    rows["_C.fwd_workspace_size (tensors, __dlpack__)"] = per_call_us(
-        lambda: _C.fwd_workspace_size(q, k, v, mask, bias, out, lse, scale, 0.0, False), args.iters)
-    rows["_C.fwd (capsules)"] = per_call_us(swallow(
-        lambda: _C.fwd(dl(q), dl(k), dl(v), dl(mask), dl(bias), dl(out), dl(lse), alloc, scale, 0.0, False, stream),
-        *exc), args.iters)
-    rows["7 x torch._C._to_dlpack"] = per_call_us(lambda: [dl(t) for t in (q, k, v, mask, bias, out, lse)], args.iters)
-    rows["torch.empty_like(q) + torch.empty(lse)"] = per_call_us(
-        lambda: (torch.empty_like(q), torch.empty(B, H, L, device=dev, dtype=torch.float32)), args.iters)
-    rows["torch.cuda.current_stream().cuda_stream"] = per_call_us(
-        lambda: torch.cuda.current_stream().cuda_stream, args.iters)
-    rows["raise+catch NotImplementedError (python)"] = per_call_us(
-        swallow(lambda: (_ for _ in ()).throw(NotImplementedError("x")), NotImplementedError), args.iters)
+    with torch.no_grad():
+        rows["public flash_dmattn_func, no grad (eager path)"] = per_call_us(swallow(
+            lambda: flash_dmattn.flash_dmattn_func(q=q, k=k, v=v, attn_mask=mask, attn_bias=bias), *exc), args.iters)
+        rows["op torch.ops.flash_dmattn.fwd (dispatcher)"] = per_call_us(swallow(
+            lambda: torch.ops.flash_dmattn.fwd(q, k, v, mask, bias, scale, False, 0.0, False), *exc), args.iters)
+        rows["ops.cuda_fwd (the op's CUDA impl)"] = per_call_us(swallow(
+            lambda: ops.cuda_fwd(q, k, v, mask, bias, scale, False, 0.0, False), *exc), args.iters)
+        rows["backends.cuda.fwd"] = per_call_us(swallow(
+            lambda: cuda_backend.fwd(q, k, v, mask, bias, out, lse, scale, False, 0.0), *exc), args.iters)
+        rows["_C.fwd_workspace_size (validate + resolve, success)"] = per_call_us(
+            lambda: _C.fwd_workspace_size(q, k, v, mask, bias, out, lse, scale, 0.0, False), args.iters)
+        rows["_C.fwd (answers NOT_IMPLEMENTED: raises)"] = per_call_us(swallow(
+            lambda: _C.fwd(q, k, v, mask, bias, out, lse, alloc, scale, 0.0, False, stream), *exc), args.iters)
+        rows["torch.empty_like(q) + torch.empty(lse)"] = per_call_us(
+            lambda: (torch.empty_like(q), torch.empty(B, H, L, device=dev, dtype=torch.float32)), args.iters)
+    qg = q.clone().requires_grad_(True)
+    rows["public flash_dmattn_func, q requires grad (autograd op)"] = per_call_us(swallow(
+        lambda: flash_dmattn.flash_dmattn_func(q=qg, k=k, v=v, attn_mask=mask, attn_bias=bias), *exc), args.iters)
+    raise_cost = rows["_C.fwd (answers NOT_IMPLEMENTED: raises)"] - rows["_C.fwd_workspace_size (validate + resolve, success)"]
+    if kernel_missing:
+        rows["=> public eager path without the raise (estimate)"] = (
+            rows["public flash_dmattn_func, no grad (eager path)"] - raise_cost)
 
     cpu = platform.processor() or platform.machine()
     try:

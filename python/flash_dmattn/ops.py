@@ -63,7 +63,7 @@ def _last_dim_contiguous(t: Tensor) -> Tensor:
 def _require_cuda_backend(op: str, q: Tensor) -> None:
     """Raise unless libdmattn serves q's device: never fall back to the reference. A kernel missing
     for this particular problem is reported by the library itself (NotImplementedError naming it)."""
-    reason = _cuda.library_unavailable_reason(q.device.index)
+    reason = _cuda.library_unavailable_reason(q.get_device())
     if reason is not None:
         # Built but unable to serve this device (not for this arch): a missing implementation.
         # Not built at all: an installation problem.
@@ -111,6 +111,9 @@ def _fwd_cuda(q, k, v, mask, bias, scale, causal, softcap, deterministic):
     lse = torch.empty((B, H, Q), dtype=torch.float32, device=q.device)
     _cuda.fwd(q, k, v, mask, bias, out, lse, scale, causal, softcap)
     return out, lse
+
+
+cuda_fwd = _fwd_cuda  # also called directly by api.py's eager inference path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ _device_reasons: dict[int, str | None] = {}
 def library_unavailable_reason(device: int | None = None) -> str | None:
     """None when libdmattn is loaded and serves `device` (default: current); kernels for a given
     problem may still be missing, which the library reports itself (NotImplementedError naming it)."""
+    if device in _device_reasons:  # the per-call path: one dict lookup
+        return _device_reasons[device]
     if _C is None:
         return ("the CUDA backend was not built or failed to load "
                 f"({_IMPORT_ERROR}); reinstall without DMATTN_CUDA=OFF")
@@ -58,18 +60,26 @@ def info() -> dict:
     return _C.info()
 
 
-def _stream(t: torch.Tensor) -> int:
-    return torch.cuda.current_stream(t.device).cuda_stream
-
-
-# Tensors cross into _C as DLPack capsules made by torch's C exporter: Tensor.__dlpack__ is Python
-# code costing ~6.6 us per tensor (measured, torch 2.13, Xeon 2.5 GHz); the capsule costs ~0.9 us
-# and performs no stream synchronization (the stream is passed explicitly).
+# How tensors cross into _C. torch >= 2.10 publishes DLPack's C exchange table
+# (__dlpack_c_exchange_api__): _C reads tensors and the current stream through it directly (about
+# 0.1 us a tensor). Older torch: DLPack capsules from torch's C exporter (~0.9 us a tensor;
+# Tensor.__dlpack__ is Python code costing ~6.6 us, measured on torch 2.13, Xeon 2.5 GHz) and the
+# raw stream handle read here. Neither synchronizes streams: the stream is given explicitly.
+_EXCHANGE = hasattr(torch.Tensor, "__dlpack_c_exchange_api__")
 _to_dlpack = torch._C._to_dlpack
 
+if _EXCHANGE:
+    def _capsules(tensors):
+        return tensors
 
-def _capsules(tensors):
-    return [None if t is None else _to_dlpack(t) for t in tensors]
+    def _stream(t: torch.Tensor):
+        return None  # _C asks torch for its current stream on t's device
+else:
+    def _capsules(tensors):
+        return [None if t is None else _to_dlpack(t) for t in tensors]
+
+    def _stream(t: torch.Tensor) -> int:
+        return torch.cuda.current_stream(t.device).cuda_stream
 
 
 def _allocator(like: torch.Tensor):
@@ -78,9 +88,25 @@ def _allocator(like: torch.Tensor):
     return lambda nbytes: _to_dlpack(torch.empty(nbytes, dtype=torch.uint8, device=like.device))
 
 
+# The ABI names mask and bias "mask"/"bias"; users know them as attn_mask/attn_bias.
+_PUBLIC_NAMES = {"mask:": "attn_mask:", "bias:": "attn_bias:"}
+
+
+def _public_error(exc: Exception) -> Exception:
+    msg = str(exc)
+    for abi, public in _PUBLIC_NAMES.items():
+        if msg.startswith(abi):
+            return type(exc)(public + msg[len(abi):])
+    return exc
+
+
 def fwd(q, k, v, mask, bias, out, lse, scale: float, causal: bool, softcap: float) -> None:
-    """Writes out (B,Q,H,D) and lse (B,H,Q) fp32. Raises NotImplementedError for missing kernels."""
-    _C.fwd(*_capsules((q, k, v, mask, bias, out, lse)), _allocator(q), scale, softcap, causal, _stream(q))
+    """Writes out (B,Q,H,D) and lse (B,H,Q) fp32. Raises NotImplementedError for missing kernels;
+    the library validates every argument (ValueError naming it)."""
+    try:
+        _C.fwd(*_capsules((q, k, v, mask, bias, out, lse)), _allocator(q), scale, softcap, causal, _stream(q))
+    except ValueError as exc:
+        raise _public_error(exc) from None
 
 
 def bwd(dout, q, k, v, mask, bias, out, lse, dq, dk, dv, dbias,

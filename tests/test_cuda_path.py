@@ -1,0 +1,79 @@
+"""The public API on CUDA tensors: the eager inference path (straight to the op's CUDA kernel,
+validated by libdmattn) and the dispatcher path (autograd, compile) behave alike, and bad input
+raises errors that name the public argument."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import flash_dmattn
+from flash_dmattn import api
+from flash_dmattn.backends import cuda as cuda_backend
+
+pytestmark = pytest.mark.gpu
+
+
+def inputs(B=2, Q=33, K=47, H=4, H_kv=2, D=64, dtype=torch.bfloat16):
+    q = torch.randn(B, Q, H, D, device="cuda", dtype=dtype)
+    k = torch.randn(B, K, H_kv, D, device="cuda", dtype=dtype)
+    v = torch.randn(B, K, H_kv, D, device="cuda", dtype=dtype)
+    return q, k, v
+
+
+def outcome(fn):
+    try:
+        return "ok", fn()
+    except Exception as exc:  # noqa: BLE001 - the point is to compare whatever happens
+        return type(exc).__name__, str(exc)
+
+
+def test_eager_path_is_taken_only_without_autograd():
+    q, k, v = inputs()
+    assert api._eager_cuda_inference(q, k, v, None)
+    q.requires_grad_(True)
+    assert not api._eager_cuda_inference(q, k, v, None)
+    with torch.no_grad():
+        assert api._eager_cuda_inference(q, k, v, None)
+
+
+def test_eager_and_dispatcher_paths_agree():
+    if cuda_backend.library_unavailable_reason() is not None:
+        pytest.skip(cuda_backend.library_unavailable_reason())
+    q, k, v = inputs()
+    mask = torch.rand(2, 1, 33, 47, device="cuda") > 0.3
+    bias = torch.randn(2, 4, 1, 47, device="cuda", dtype=torch.bfloat16)
+    kw = dict(attn_mask=mask, attn_bias=bias, is_causal=True, return_lse=True)
+    eager = outcome(lambda: flash_dmattn.flash_dmattn_func(q, k, v, **kw))
+    qg = q.clone().requires_grad_(True)  # forces the dispatcher (autograd) path
+    dispatched = outcome(lambda: flash_dmattn.flash_dmattn_func(qg, k, v, **kw))
+    assert eager[0] == dispatched[0]
+    if eager[0] == "ok":
+        torch.testing.assert_close(eager[1][0], dispatched[1][0], rtol=0, atol=0)
+        torch.testing.assert_close(eager[1][1], dispatched[1][1], rtol=0, atol=0)
+    else:
+        assert eager[0] == "NotImplementedError" and "kernel" in eager[1]
+
+
+@pytest.mark.parametrize("case", ["mask shape", "bias dtype", "head dim", "head ratio", "last dim", "scale"])
+def test_eager_path_errors_name_the_public_argument(case):
+    q, k, v = inputs()
+    kw = {}
+    if case == "mask shape":
+        kw["attn_mask"], want = torch.ones(2, 3, 33, 47, device="cuda", dtype=torch.bool), "attn_mask:"
+    elif case == "bias dtype":
+        kw["attn_bias"], want = torch.randn(2, 4, 33, 47, device="cuda", dtype=torch.float16), "attn_bias:"
+    elif case == "head dim":
+        q, k, v = inputs(D=60)
+        want = "q:"
+    elif case == "head ratio":
+        k = torch.randn(2, 47, 3, 64, device="cuda", dtype=torch.bfloat16)
+        v = k.clone()
+        want = "k:"
+    elif case == "last dim":
+        q = torch.randn(2, 33, 64, 4, device="cuda", dtype=torch.bfloat16).transpose(-1, -2)
+        want = "q:"
+    else:
+        kw["scale"], want = float("nan"), "scale:"
+    with torch.no_grad(), pytest.raises((ValueError, TypeError)) as info:
+        flash_dmattn.flash_dmattn_func(q, k, v, **kw)
+    assert str(info.value).startswith(want), str(info.value)
