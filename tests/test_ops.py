@@ -162,3 +162,11 @@ def test_compiled_varlen_call_has_no_graph_breaks():
 
 def test_ops_module_is_what_the_package_calls():
     assert flash_dmattn.api.ops is ops
+
+
+def test_cuda_impl_is_callable_for_the_eager_path():
+    # api.py calls the op's CUDA implementation directly on eager no-grad CUDA calls.
+    from flash_dmattn import ops
+
+    assert callable(ops.cuda_fwd)
+    assert ops.cuda_fwd.__name__ == "_fwd_cuda"

@@ -101,7 +101,6 @@ def _fwd_fake(q, k, v, mask, bias, scale, causal, softcap, deterministic):
     return q.new_empty(q.shape), q.new_empty((B, H, Q), dtype=_lse_dtype(q))
 
 
-@torch.library.impl("flash_dmattn::fwd", "cuda", lib=_lib)
 def _fwd_cuda(q, k, v, mask, bias, scale, causal, softcap, deterministic):
     _require_cuda_backend("fwd", q)
     if q.numel() == 0 or k.shape[1] == 0:
@@ -113,7 +112,10 @@ def _fwd_cuda(q, k, v, mask, bias, scale, causal, softcap, deterministic):
     return out, lse
 
 
-cuda_fwd = _fwd_cuda  # also called directly by api.py's eager inference path
+# Registered by call, not as a decorator: the decorator form returns None on some torch versions
+# (2.11), and api.py's eager inference path calls this function directly.
+torch.library.impl("flash_dmattn::fwd", "cuda", _fwd_cuda, lib=_lib)
+cuda_fwd = _fwd_cuda
 
 
 # ---------------------------------------------------------------------------------------------
