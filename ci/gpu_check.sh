@@ -25,8 +25,10 @@ status=0
 step() { printf '\n==== %s ====\n' "$*"; }
 
 step "machine"
-nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader | tee "$RESULTS/gpu.txt"
-GPU=$(head -1 "$RESULTS/gpu.txt" | cut -d, -f1)
+mkdir -p "$SCRATCH"
+# At most 8 files go to RESULTS (summary.md + 7 logs): small facts go into the summary only.
+nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader | tee "$SCRATCH/gpu.txt"
+GPU=$(head -1 "$SCRATCH/gpu.txt" | cut -d, -f1)
 $PY -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda)"
 nvcc --version | tail -2
 
@@ -54,7 +56,7 @@ if [ $rc -ne 0 ]; then
   tail -40 "$RESULTS/build.log"
   exit 1
 fi
-ls -la "$SITE/flash_dmattn/lib" | tee "$RESULTS/libraries.txt"
+ls -la "$SITE/flash_dmattn/lib" | tee "$SCRATCH/libraries.txt"
 export PYTHONPATH=$SITE
 
 step "python -m flash_dmattn"
@@ -77,12 +79,12 @@ $PY benchmarks/bench_overhead.py --json "$RESULTS/overhead.json" 2>&1 | tee "$RE
   echo "# GPU check: $(date -u +%Y-%m-%d) on $GPU"
   echo
   echo "- commit: $COMMIT"
-  echo "- gpu: $(cat "$RESULTS/gpu.txt")"
+  echo "- gpu: $(cat "$SCRATCH/gpu.txt")"
   echo "- software: $($PY -c "import sys, torch; print('python', sys.version.split()[0], '/ torch', torch.__version__)") / $(nvcc --version | tail -1)"
   echo "- build: ${BUILD_S}s for archs ${DMATTN_ARCHS:-local} with $CMAKE_BUILD_PARALLEL_LEVEL jobs"
   echo "- tests: $TESTS"
   echo
-  echo '## Libraries'; echo '```'; cat "$RESULTS/libraries.txt"; echo '```'
+  echo '## Libraries'; echo '```'; cat "$SCRATCH/libraries.txt"; echo '```'
   echo '## python -m flash_dmattn'; echo '```'; cat "$RESULTS/info.txt"; echo '```'
   echo '## python -m flash_dmattn bench'; echo '```'; cat "$RESULTS/bench.txt"; echo '```'
   echo '## Host overhead (benchmarks/bench_overhead.py)'; echo '```'; cat "$RESULTS/overhead.txt"; echo '```'

@@ -102,12 +102,14 @@ def _fwd_fake(q, k, v, mask, bias, scale, causal, softcap, deterministic):
 
 
 def _fwd_cuda(q, k, v, mask, bias, scale, causal, softcap, deterministic):
+    # On the eager inference path every line here is per-call host time: new_empty reuses q's
+    # dtype and device without building them again.
     _require_cuda_backend("fwd", q)
-    if q.numel() == 0 or k.shape[1] == 0:
+    B, Q, H, D = q.shape
+    if B == 0 or Q == 0 or H == 0 or k.shape[1] == 0:
         return _empty_fwd(q, k, torch.float32)
-    B, Q, H, _ = q.shape
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, H, Q), dtype=torch.float32, device=q.device)
+    out = q.new_empty((B, Q, H, D))
+    lse = q.new_empty((B, H, Q), dtype=torch.float32)
     _cuda.fwd(q, k, v, mask, bias, out, lse, scale, causal, softcap)
     return out, lse
 
