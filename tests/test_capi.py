@@ -228,6 +228,7 @@ BWD_CASES = {
     "dbias without bias": (dict(dbias=Desc((B, H, Q, K))), "dbias:"),
     "dbias shape": (dict(bias=Desc((B, H, 1, K)), dbias=Desc((B, H, Q, K))), "dbias:"),
     "deterministic 3": (dict(deterministic=3), "deterministic:"),
+    "block_table without varlen": (dict(block_table=Desc((B, 4), INT32)), "block_table:"),
 }
 
 
@@ -237,3 +238,21 @@ def test_backward_validation_names_the_argument(lib, case):
     args = capi.bwd_args(**overrides)
     assert lib.dmattn_bwd(ctypes.byref(args)) == capi.INVALID_ARGUMENT, case
     assert last_error(lib).startswith(prefix), last_error(lib)
+
+
+@pytest.mark.skipif(HAS_GPU, reason="valid calls reach the device on a GPU machine")
+def test_backward_accepts_paged_kv(lib):
+    total_q, batch = 9, 2
+    rows = lambda: Desc((total_q, H, D))  # noqa: E731
+    pages = lambda: Desc((6, 16, HKV, D))  # noqa: E731
+    args = capi.bwd_args(dout=rows(), q=rows(), out=rows(), dq=rows(), lse=Desc((H, total_q), FP32),
+                         k=pages(), v=pages(), dk=pages(), dv=pages(),
+                         cu_seqlens_q=Desc((batch + 1,), INT32), cu_seqlens_k=Desc((batch + 1,), INT32),
+                         block_table=Desc((batch, 3), INT32), max_seqlen_q=5, max_seqlen_k=40)
+    assert lib.dmattn_bwd(ctypes.byref(args)) == capi.NO_CUDA_DEVICE, last_error(lib)
+    args = capi.bwd_args(dout=rows(), q=rows(), out=rows(), dq=rows(), lse=Desc((H, total_q), FP32),
+                         k=pages(), v=pages(), dk=Desc((6, 8, HKV, D)), dv=pages(),
+                         cu_seqlens_q=Desc((batch + 1,), INT32), cu_seqlens_k=Desc((batch + 1,), INT32),
+                         block_table=Desc((batch, 3), INT32), max_seqlen_q=5, max_seqlen_k=40)
+    assert lib.dmattn_bwd(ctypes.byref(args)) == capi.INVALID_ARGUMENT
+    assert last_error(lib).startswith("dk:")

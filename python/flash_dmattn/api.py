@@ -500,8 +500,7 @@ def flash_dmattn_varlen_func(
     cu_seqlens and block_table values are checked eagerly (one small device-to-host copy),
     except while compiling or capturing a CUDA graph, where they are trusted.
 
-    block_table (paged KV) is experimental; on CUDA it is forward-only (the backward raises
-    NotImplementedError); the CPU reference differentiates through it.
+    block_table (paged KV) is experimental; gradients flow into k and v in their paged layout.
 
     Example::
 

@@ -348,11 +348,6 @@ def _varlen_bwd_cuda(dout, q, k, v, mask, bias, out, lse, cu_seqlens_q, cu_seqle
                      max_seqlen_k, block_table, scale, causal, softcap, deterministic,
                      bias_requires_grad):
     _require_cuda_backend("varlen_bwd", q)
-    if block_table is not None:
-        raise NotImplementedError(
-            "flash_dmattn::varlen_bwd: the CUDA backend has no backward for paged KV "
-            "(block_table); paged KV is forward-only (inference) on CUDA"
-        )
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
@@ -361,7 +356,7 @@ def _varlen_bwd_cuda(dout, q, k, v, mask, bias, out, lse, cu_seqlens_q, cu_seqle
         return dq.zero_(), dk.zero_(), dv.zero_(), dbias.zero_()
     _cuda.varlen_bwd(dout, q, k, v, mask, bias, out, lse, dq, dk, dv,
                      dbias if bias is not None and bias_requires_grad else None,
-                     cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                     cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table,
                      scale, causal, softcap, deterministic)
     return dq, dk, dv, dbias
 

@@ -150,20 +150,20 @@ struct FwdCall {
 };
 
 struct BwdCall {
-  Tensor dout, q, k, v, mask, bias, out, lse, dq, dk, dv, dbias, cu_q, cu_k, workspace;
+  Tensor dout, q, k, v, mask, bias, out, lse, dq, dk, dv, dbias, cu_q, cu_k, table, workspace;
   dmattn_bwd_args args{};
   BwdCall(nb::handle dout_, nb::handle q_, nb::handle k_, nb::handle v_, nb::handle mask_, nb::handle bias_,
           nb::handle out_, nb::handle lse_, nb::handle dq_, nb::handle dk_, nb::handle dv_, nb::handle dbias_,
-          nb::handle cu_q_, nb::handle cu_k_, int64_t max_q, int64_t max_k, float scale, float softcap, bool causal,
-          bool deterministic, nb::handle ws_, nb::handle stream_)
+          nb::handle cu_q_, nb::handle cu_k_, nb::handle table_, int64_t max_q, int64_t max_k, float scale,
+          float softcap, bool causal, bool deterministic, nb::handle ws_, nb::handle stream_)
       : dout(dout_, "dout"), q(q_, "q"), k(k_, "k"), v(v_, "v"), mask(mask_, "mask"), bias(bias_, "bias"),
         out(out_, "out"), lse(lse_, "lse"), dq(dq_, "dq"), dk(dk_, "dk"), dv(dv_, "dv"), dbias(dbias_, "dbias"),
-        cu_q(cu_q_, "cu_seqlens_q"), cu_k(cu_k_, "cu_seqlens_k") {
+        cu_q(cu_q_, "cu_seqlens_q"), cu_k(cu_k_, "cu_seqlens_k"), table(table_, "block_table") {
     args.struct_size = sizeof(args);
     args.dout = dout.get(); args.q = q.get(); args.k = k.get(); args.v = v.get();
     args.mask = mask.get(); args.bias = bias.get(); args.out = out.get(); args.lse = lse.get();
     args.dq = dq.get(); args.dk = dk.get(); args.dv = dv.get(); args.dbias = dbias.get();
-    args.cu_seqlens_q = cu_q.get(); args.cu_seqlens_k = cu_k.get();
+    args.cu_seqlens_q = cu_q.get(); args.cu_seqlens_k = cu_k.get(); args.block_table = table.get();
     args.max_seqlen_q = max_q; args.max_seqlen_k = max_k;
     args.scale = scale; args.softcap = softcap; args.causal = causal ? 1 : 0;
     args.deterministic = deterministic ? 1 : 0;
@@ -271,29 +271,29 @@ NB_MODULE(_C, m) {
   // dout q k v mask bias out lse dq dk dv dbias scale softcap causal deterministic
   m.def("bwd_workspace_size", [](nb::args a) {
     expect_arity(a, 16, "bwd_workspace_size");
-    BwdCall c(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], nb::none(), nb::none(), 0,
-              0, f32(a[12]), f32(a[13]), flag(a[14]), flag(a[15]), nb::none(), nb::int_(0));
+    BwdCall c(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], nb::none(), nb::none(),
+              nb::none(), 0, 0, f32(a[12]), f32(a[13]), flag(a[14]), flag(a[15]), nb::none(), nb::int_(0));
     return bwd_workspace(c);
   });
   // dout q k v mask bias out lse dq dk dv dbias workspace scale softcap causal deterministic stream
   m.def("bwd", [](nb::args a) {
     expect_arity(a, 18, "bwd");
-    BwdCall c(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], nb::none(), nb::none(), 0,
-              0, f32(a[13]), f32(a[14]), flag(a[15]), flag(a[16]), a[12], a[17]);
+    BwdCall c(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], nb::none(), nb::none(),
+              nb::none(), 0, 0, f32(a[13]), f32(a[14]), flag(a[15]), flag(a[16]), a[12], a[17]);
     call([&] { return dmattn_bwd(&c.args); });
   });
-  // dout q k v mask bias out lse dq dk dv dbias cu_q cu_k max_q max_k scale softcap causal deterministic
-  //   [workspace stream]
+  // dout q k v mask bias out lse dq dk dv dbias cu_q cu_k block_table max_q max_k scale softcap causal
+  //   deterministic [workspace stream]
   m.def("varlen_bwd_workspace_size", [](nb::args a) {
-    expect_arity(a, 20, "varlen_bwd_workspace_size");
-    BwdCall c(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], i64(a[14]),
-              i64(a[15]), f32(a[16]), f32(a[17]), flag(a[18]), flag(a[19]), nb::none(), nb::int_(0));
+    expect_arity(a, 21, "varlen_bwd_workspace_size");
+    BwdCall c(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14],
+              i64(a[15]), i64(a[16]), f32(a[17]), f32(a[18]), flag(a[19]), flag(a[20]), nb::none(), nb::int_(0));
     return bwd_workspace(c);
   });
   m.def("varlen_bwd", [](nb::args a) {
-    expect_arity(a, 22, "varlen_bwd");
-    BwdCall c(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], i64(a[14]),
-              i64(a[15]), f32(a[16]), f32(a[17]), flag(a[18]), flag(a[19]), a[20], a[21]);
+    expect_arity(a, 23, "varlen_bwd");
+    BwdCall c(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14],
+              i64(a[15]), i64(a[16]), f32(a[17]), f32(a[18]), flag(a[19]), flag(a[20]), a[21], a[22]);
     call([&] { return dmattn_bwd(&c.args); });
   });
 }

@@ -39,6 +39,46 @@ const dmattn_family_table* resolve(Problem& p) {
   return family_for_device(p.launch.device, &p.launch.compute_capability);
 }
 
+// The family table's entries for one direction (forward or backward).
+template <typename Problem>
+using SizeEntry = dmattn_status (*dmattn_family_table::*)(const Problem*, size_t*, char*, size_t);
+template <typename Problem>
+using RunEntry = dmattn_status (*dmattn_family_table::*)(const Problem*, char*, size_t);
+
+// validate -> (nothing to write: done) -> family for the device -> its workspace size.
+template <typename Args, typename Problem>
+dmattn_status workspace_size(const char* entry, const Args* args, size_t* bytes, Problem (*validate)(const Args*),
+                             SizeEntry<Problem> size_entry) {
+  return guarded(entry, [&] {
+    if (bytes == nullptr) return fail(DMATTN_STATUS_INVALID_ARGUMENT, "bytes: NULL pointer");
+    *bytes = 0;
+    Problem p = validate(args);
+    if (p.nothing_to_write) return DMATTN_STATUS_SUCCESS;
+    const dmattn_family_table* family = resolve(p);
+    char msg[kMsgLen] = {0};
+    return from_family((family->*size_entry)(&p, bytes, msg, sizeof(msg)), msg);
+  });
+}
+
+// validate -> (nothing to write: done) -> family -> workspace check -> launch.
+template <typename Args, typename Problem>
+dmattn_status run(const char* entry, const Args* args, Problem (*validate)(const Args*), SizeEntry<Problem> size_entry,
+                  RunEntry<Problem> run_entry) {
+  return guarded(entry, [&] {
+    Problem p = validate(args);
+    if (p.nothing_to_write) return DMATTN_STATUS_SUCCESS;
+    const dmattn_family_table* family = resolve(p);
+    char msg[kMsgLen] = {0};
+    size_t need = 0;
+    dmattn_status st = (family->*size_entry)(&p, &need, msg, sizeof(msg));
+    if (st != DMATTN_STATUS_SUCCESS) return from_family(st, msg);
+    if (p.launch.workspace_size < need)
+      return fail(DMATTN_STATUS_INSUFFICIENT_WORKSPACE, "workspace: " + std::to_string(p.launch.workspace_size) +
+                                                            " bytes given, " + entry + " needs " + std::to_string(need));
+    return from_family((family->*run_entry)(&p, msg, sizeof(msg)), msg);
+  });
+}
+
 }  // namespace
 }  // namespace dmattn
 
@@ -101,59 +141,19 @@ dmattn_status dmattn_check_device(int32_t device) {
 }
 
 dmattn_status dmattn_fwd_workspace_size(const dmattn_fwd_args* args, size_t* bytes) {
-  return guarded("dmattn_fwd_workspace_size", [&] {
-    if (bytes == nullptr) return fail(DMATTN_STATUS_INVALID_ARGUMENT, "bytes: NULL pointer");
-    *bytes = 0;
-    FwdProblem p = validate_fwd(args);
-    if (p.nothing_to_write) return DMATTN_STATUS_SUCCESS;
-    const dmattn_family_table* family = resolve(p);
-    char msg[kMsgLen] = {0};
-    return from_family(family->fwd_workspace_size(&p, bytes, msg, sizeof(msg)), msg);
-  });
+  return workspace_size("dmattn_fwd_workspace_size", args, bytes, validate_fwd, &dmattn_family_table::fwd_workspace_size);
 }
 
 dmattn_status dmattn_fwd(const dmattn_fwd_args* args) {
-  return guarded("dmattn_fwd", [&] {
-    FwdProblem p = validate_fwd(args);
-    if (p.nothing_to_write) return DMATTN_STATUS_SUCCESS;
-    const dmattn_family_table* family = resolve(p);
-    char msg[kMsgLen] = {0};
-    size_t need = 0;
-    dmattn_status st = family->fwd_workspace_size(&p, &need, msg, sizeof(msg));
-    if (st != DMATTN_STATUS_SUCCESS) return from_family(st, msg);
-    if (p.launch.workspace_size < need)
-      return fail(DMATTN_STATUS_INSUFFICIENT_WORKSPACE, "workspace: " + std::to_string(p.launch.workspace_size) +
-                                                            " bytes given, dmattn_fwd_workspace_size asks for " + std::to_string(need));
-    return from_family(family->fwd(&p, msg, sizeof(msg)), msg);
-  });
+  return run("dmattn_fwd", args, validate_fwd, &dmattn_family_table::fwd_workspace_size, &dmattn_family_table::fwd);
 }
 
 dmattn_status dmattn_bwd_workspace_size(const dmattn_bwd_args* args, size_t* bytes) {
-  return guarded("dmattn_bwd_workspace_size", [&] {
-    if (bytes == nullptr) return fail(DMATTN_STATUS_INVALID_ARGUMENT, "bytes: NULL pointer");
-    *bytes = 0;
-    BwdProblem p = validate_bwd(args);
-    if (p.nothing_to_write) return DMATTN_STATUS_SUCCESS;
-    const dmattn_family_table* family = resolve(p);
-    char msg[kMsgLen] = {0};
-    return from_family(family->bwd_workspace_size(&p, bytes, msg, sizeof(msg)), msg);
-  });
+  return workspace_size("dmattn_bwd_workspace_size", args, bytes, validate_bwd, &dmattn_family_table::bwd_workspace_size);
 }
 
 dmattn_status dmattn_bwd(const dmattn_bwd_args* args) {
-  return guarded("dmattn_bwd", [&] {
-    BwdProblem p = validate_bwd(args);
-    if (p.nothing_to_write) return DMATTN_STATUS_SUCCESS;
-    const dmattn_family_table* family = resolve(p);
-    char msg[kMsgLen] = {0};
-    size_t need = 0;
-    dmattn_status st = family->bwd_workspace_size(&p, &need, msg, sizeof(msg));
-    if (st != DMATTN_STATUS_SUCCESS) return from_family(st, msg);
-    if (p.launch.workspace_size < need)
-      return fail(DMATTN_STATUS_INSUFFICIENT_WORKSPACE, "workspace: " + std::to_string(p.launch.workspace_size) +
-                                                            " bytes given, dmattn_bwd_workspace_size asks for " + std::to_string(need));
-    return from_family(family->bwd(&p, msg, sizeof(msg)), msg);
-  });
+  return run("dmattn_bwd", args, validate_bwd, &dmattn_family_table::bwd_workspace_size, &dmattn_family_table::bwd);
 }
 
 }  // extern "C"

@@ -447,7 +447,7 @@ FwdProblem validate_fwd(const dmattn_fwd_args* a) {
 
 BwdProblem validate_bwd(const dmattn_bwd_args* a) {
   check_struct(a, "dmattn_bwd_args");
-  Common c = validate_common({a->q, a->k, a->v, a->mask, a->bias, a->cu_seqlens_q, a->cu_seqlens_k, nullptr,
+  Common c = validate_common({a->q, a->k, a->v, a->mask, a->bias, a->cu_seqlens_q, a->cu_seqlens_k, a->block_table,
                               a->max_seqlen_q, a->max_seqlen_k, a->scale, a->softcap, a->causal});
   Arg q("q", a->q), k("k", a->k), v("v", a->v), out("out", a->out), dout("dout", a->dout), lse("lse", a->lse);
   Arg dq("dq", a->dq), dk("dk", a->dk), dv("dv", a->dv), dbias("dbias", a->dbias), bias("bias", a->bias);
@@ -467,14 +467,15 @@ BwdProblem validate_bwd(const dmattn_bwd_args* a) {
   p.dtype = c.dtype;
   p.shape = c.shape;
   p.scoring = c.scoring;
+  const bool kv_rows = c.varlen && a->block_table == nullptr;  // paged k/v are (blocks, page, H_kv, D)
   p.q = row_view(q, c.varlen);
-  p.k = row_view(k, c.varlen);
-  p.v = row_view(v, c.varlen);
+  p.k = row_view(k, kv_rows);
+  p.v = row_view(v, kv_rows);
   p.out = row_view(out, c.varlen);
   p.dout = row_view(dout, c.varlen);
   p.dq = row_view(dq, c.varlen);
-  p.dk = row_view(dk, c.varlen);
-  p.dv = row_view(dv, c.varlen);
+  p.dk = row_view(dk, kv_rows);
+  p.dv = row_view(dv, kv_rows);
   p.lse = static_cast<const float*>(lse.data());
   if (dbias.present()) {
     if (!bias.present()) invalid("dbias: given without bias");

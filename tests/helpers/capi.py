@@ -56,7 +56,7 @@ class BwdArgs(ctypes.Structure):
         ("struct_size", ctypes.c_uint32),
         ("dout", _T), ("q", _T), ("k", _T), ("v", _T), ("mask", _T), ("bias", _T), ("out", _T), ("lse", _T),
         ("dq", _T), ("dk", _T), ("dv", _T), ("dbias", _T), ("cu_seqlens_q", _T), ("cu_seqlens_k", _T),
-        ("max_seqlen_q", ctypes.c_int64), ("max_seqlen_k", ctypes.c_int64),
+        ("block_table", _T), ("max_seqlen_q", ctypes.c_int64), ("max_seqlen_k", ctypes.c_int64),
         ("scale", ctypes.c_float), ("softcap", ctypes.c_float), ("causal", ctypes.c_int32),
         ("deterministic", ctypes.c_int32),
         ("workspace", ctypes.c_void_p), ("workspace_size", ctypes.c_size_t), ("stream", ctypes.c_void_p),

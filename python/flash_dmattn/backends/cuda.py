@@ -125,8 +125,9 @@ def varlen_fwd(q, k, v, mask, bias, out, lse, cu_seqlens_q, cu_seqlens_k, max_se
 
 
 def varlen_bwd(dout, q, k, v, mask, bias, out, lse, dq, dk, dv, dbias, cu_seqlens_q, cu_seqlens_k,
-               max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool, softcap: float,
-               deterministic: bool) -> None:
-    tensors = (dout, q, k, v, mask, bias, out, lse, dq, dk, dv, dbias, cu_seqlens_q, cu_seqlens_k)
+               max_seqlen_q: int, max_seqlen_k: int, block_table, scale: float, causal: bool,
+               softcap: float, deterministic: bool) -> None:
+    """Gradients of varlen_fwd; with block_table, dk/dv are written in k/v's paged layout."""
+    tensors = (dout, q, k, v, mask, bias, out, lse, dq, dk, dv, dbias, cu_seqlens_q, cu_seqlens_k, block_table)
     _C.varlen_bwd(*_capsules(tensors), max_seqlen_q, max_seqlen_k, scale, softcap, causal, deterministic,
                   _allocator(q), _stream(q))

@@ -127,6 +127,7 @@ typedef struct dmattn_bwd_args {
   const dmattn_tensor* dbias;         /* optional, written, like bias (needs bias) */
   const dmattn_tensor* cu_seqlens_q;
   const dmattn_tensor* cu_seqlens_k;
+  const dmattn_tensor* block_table;   /* optional: paged KV (dk, dv then have k's paged shape) */
   int64_t max_seqlen_q;
   int64_t max_seqlen_k;
   float scale;
