@@ -15,11 +15,15 @@ from flash_dmattn import _paths, bench
 PACKAGE_PARENT = Path(flash_dmattn.__file__).resolve().parent.parent
 
 
-def _run(*args, timeout=120):
+def _env():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _run(*args, timeout=120):
     proc = subprocess.run([sys.executable, "-m", "flash_dmattn", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+                          env=_env(), timeout=timeout)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc
 
@@ -41,8 +45,13 @@ def test_report_names_versions_backends_and_reasons():
 
 
 def test_cmake_dir_and_include_dir_print_only_the_path():
-    assert _run("--cmake-dir").stdout == f"{_paths.cmake_dir()}\n"
-    assert _run("--include-dir").stdout == f"{_paths.include_dir()}\n"
+    for flag, path in (("--cmake-dir", _paths.cmake_dir()), ("--include-dir", _paths.include_dir())):
+        result = subprocess.run([sys.executable, "-m", "flash_dmattn", flag], capture_output=True, text=True,
+                                env=_env())
+        if path.exists():
+            assert result.returncode == 0 and result.stdout == f"{path}\n"
+        else:  # an install without the C library says so instead of printing a dangling path
+            assert result.returncode == 1 and result.stdout == "" and "does not exist" in result.stderr
 
 
 def test_json_report_is_complete():
@@ -54,7 +63,7 @@ def test_json_report_is_complete():
     assert facts["backends"]["triton"]["reason"] == "the Triton backend is not implemented yet"
     assert facts["available_backends"] == flash_dmattn.get_available_backends()
     assert facts["cuda_backend"]["built"] == flash_dmattn.backends.cuda.is_built()
-    assert facts["cmake_dir"] == str(_paths.cmake_dir())
+    assert facts["cmake_dir"] == (str(_paths.cmake_dir()) if _paths.cmake_dir().exists() else None)
 
 
 def test_bench_prints_a_timing_table_and_a_progress_bar():

@@ -50,7 +50,7 @@ def collect() -> dict:
         "backends": {name: {"available": reason is None, "reason": reason}
                      for name, reason in status.items()},
         "available_backends": [name for name, reason in status.items() if reason is None],
-        "cmake_dir": str(_paths.cmake_dir()),
+        "cmake_dir": str(_paths.cmake_dir()) if _paths.cmake_dir().exists() else None,
         "include_dir": str(_paths.include_dir()),
     }
 
@@ -88,7 +88,7 @@ def render(facts: dict) -> str:
     for name, entry in facts["backends"].items():
         if not entry["available"]:
             lines.append(f"  {name:<13} unavailable: {entry['reason']}")
-    lines.append(f"cmake dir       {facts['cmake_dir']}")
+    lines.append(f"cmake dir       {facts['cmake_dir'] or 'none (no C library in this install)'}")
     return "\n".join(lines)
 
 
@@ -131,12 +131,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    if args.cmake_dir:
-        print(_paths.cmake_dir())
-        return 0
-    if args.include_dir:
-        print(_paths.include_dir())
-        return 0
+    for wanted, path in ((args.cmake_dir, _paths.cmake_dir()), (args.include_dir, _paths.include_dir())):
+        if wanted:
+            if not path.exists():  # a DMATTN_CUDA=OFF install has no C library to link
+                print(f"flash-dmattn: {path} does not exist: this install has no C library "
+                      "(built with DMATTN_CUDA=OFF?)", file=sys.stderr)
+                return 1
+            print(path)
+            return 0
     if args.command == "bench":
         from . import bench
 
