@@ -9,7 +9,6 @@
 #include <nanobind/stl/string.h>
 
 #include <cstdint>
-#include <optional>
 #include <string>
 
 #include "bindings/dlpack_exchange.h"
