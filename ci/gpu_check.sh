@@ -12,6 +12,7 @@
 #   CUTLASS_DIR       CUTLASS headers; otherwise a nvidia-cutlass wheel in .whl/ or the installed package
 #   GIT_COMMIT        commit being checked (default: git rev-parse HEAD when .git exists)
 #   JOBS              build parallelism (default: nproc)
+#   GPU_CHECK_TESTS   test paths to run (default: tests)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${1:-${OUT:-$PWD/gpu-check}}
@@ -63,7 +64,7 @@ step "python -m flash_dmattn"
 $PY -m flash_dmattn | tee "$RESULTS/info.txt" || status=1
 
 step "tests (all, GPU-marked included)"
-$PY -m pytest tests -q -rs -p no:cacheprovider 2>&1 | tee "$RESULTS/pytest.log"
+$PY -m pytest ${GPU_CHECK_TESTS:-tests} -q -rs -p no:cacheprovider 2>&1 | tee "$RESULTS/pytest.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 TESTS=$(tail -1 "$RESULTS/pytest.log")
 

@@ -215,7 +215,7 @@ void check_finite_params(float scale, float softcap, int32_t causal) {
 }
 
 // mask / bias / dbias: 4-D (B|1, H|H_kv|1, Q|1, K|1).
-ScoreView score_view(const Arg& a, const Shape& s) {
+ScoreView score_view(const Arg& a, const Extents& s) {
   a.require_ndim(4, "(batch|1, num_heads|num_kv_heads|1, seqlen_q|1, seqlen_k|1)");
   const int64_t expect_b = s.batch, expect_q = s.seqlen_q, expect_k = s.seqlen_k;
   const int64_t b = a.size(0), h = a.size(1), q = a.size(2), k = a.size(3);
@@ -256,7 +256,7 @@ struct CommonArgs {
 
 struct Common {
   DType dtype;
-  Shape shape;
+  Extents shape;
   Scoring scoring;
   bool varlen = false;
   dmattn_device device;
@@ -306,7 +306,7 @@ Common validate_common(const CommonArgs& c) {
   for (int i = 0; i < k.ndim(); ++i)
     if (v.size(i) != k.size(i)) invalid("v: shape " + v.shape_string() + " must equal k's shape " + k.shape_string());
 
-  Shape& s = out.shape;
+  Extents& s = out.shape;
   const int qd = q.ndim();
   s.heads = checked_int32(q.size(qd - 2), "q: num_heads");
   s.head_dim = checked_int32(q.size(qd - 1), "q: head_dim");
@@ -395,7 +395,7 @@ void check_lse(const Arg& lse, const Common& c) {
   lse.require_dtype(DMATTN_DTYPE_CODE_FLOAT, 32, "float32");
   lse.require_cuda(c.device);
   lse.require_data();
-  const Shape& s = c.shape;
+  const Extents& s = c.shape;
   if (c.varlen) lse.require_shape({s.heads, s.total_q}, "(num_heads, total_q)");
   else lse.require_shape({s.batch, s.heads, s.seqlen_q}, "(batch, num_heads, seqlen_q)");
   lse.require_compact();

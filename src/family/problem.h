@@ -33,7 +33,7 @@ struct ScoreView {
   int32_t shape[4] = {0, 0, 0, 0};  // the tensor's own shape (dbias reduces into it)
 };
 
-struct Shape {
+struct Extents {
   int32_t batch = 0;
   int32_t seqlen_q = 0;   // max_seqlen_q for varlen
   int32_t seqlen_k = 0;   // max_seqlen_k for varlen
@@ -70,7 +70,7 @@ struct Launch {
 
 struct FwdProblem {
   DType dtype = DType::kBF16;
-  Shape shape;
+  Extents shape;
   Scoring scoring;
   RowView q, k, v, out;
   float* lse = nullptr;            // (B,H,Q) compact, or (H,total_q) for varlen; may be null
@@ -80,7 +80,7 @@ struct FwdProblem {
 
 struct BwdProblem {
   DType dtype = DType::kBF16;
-  Shape shape;
+  Extents shape;
   Scoring scoring;
   RowView q, k, v, out, dout, dq, dk, dv;
   const float* lse = nullptr;

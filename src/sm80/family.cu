@@ -1,11 +1,13 @@
 // family.cu: the SM80-class kernel library's table (family/family.h). One source, compiled once per
 // arch family (sm80, sm90, sm100, sm120) with that family's -gencode targets; DMATTN_FAMILY_NAME
-// says which. Until the attention kernels land, fwd/bwd answer NOT_IMPLEMENTED naming the kernel.
+// says which. Calls are routed by (dtype, head-dim bucket) to the launchers the kernel table
+// compiled in (fwd_dispatch.inc, generated); anything else answers NOT_IMPLEMENTED naming it.
 #include <cuda_runtime_api.h>
 
 #include <cstdio>
 
 #include "family/family.h"
+#include "sm80/fwd_launch.h"
 
 #ifndef DMATTN_FAMILY_NAME
 #error "DMATTN_FAMILY_NAME must be defined by the build (e.g. \"sm80\")"
@@ -70,8 +72,34 @@ dmattn_status fwd_workspace_size(const FwdProblem*, size_t* bytes, char*, size_t
   return DMATTN_STATUS_SUCCESS;
 }
 
+// The smallest head-dim bucket holding `head_dim` (inputs between buckets are padded inside the
+// kernel: columns past head_dim are zero-filled on load and never stored).
+int head_dim_bucket(int head_dim) {
+  for (int bucket : {32, 64, 96, 128, 192, 256})
+    if (head_dim <= bucket) return bucket;
+  return 0;
+}
+
+dmattn_status launch_fwd_row(const FwdProblem& p, char* msg, size_t msg_len) {
+  const int bucket = head_dim_bucket(p.shape.head_dim);
+#include "fwd_dispatch.inc"
+  return missing_kernel("forward", p.dtype, bucket, msg, msg_len);
+}
+
 dmattn_status fwd(const FwdProblem* p, char* msg, size_t msg_len) {
-  return missing_kernel("forward", p->dtype, p->shape.head_dim, msg, msg_len);
+  if (p->shape.cu_seqlens_q != nullptr) {
+    std::snprintf(msg, msg_len,
+                  "the CUDA varlen%s forward kernel is not implemented in this version of flash-dmattn; use the "
+                  "'reference' backend meanwhile",
+                  p->shape.block_table != nullptr ? " paged-KV" : "");
+    return DMATTN_STATUS_NOT_IMPLEMENTED;
+  }
+  DeviceGuard guard(p->launch.device);
+  if (!guard.ok()) {
+    std::snprintf(msg, msg_len, "cannot select CUDA device %d", p->launch.device);
+    return DMATTN_STATUS_CUDA_ERROR;
+  }
+  return launch_fwd_row(*p, msg, msg_len);
 }
 
 dmattn_status bwd_workspace_size(const BwdProblem*, size_t* bytes, char*, size_t) {

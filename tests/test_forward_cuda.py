@@ -1,0 +1,166 @@
+"""The CUDA forward kernel against the float64 reference: every mask/bias broadcast form, mask
+dtypes, GQA 1/4/8, causal with Q<K, Q=K, Q>K, decode (Q=1), softcap, fully masked rows, every
+head-dim bucket and dims between them, odd lengths. Outputs are poisoned (NaN) before each launch
+so an unwritten element fails; bf16/fp16 results must pass the one tolerance rule in
+helpers/oracle.py against the same math done naively in the input dtype."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from flash_dmattn import reference
+from flash_dmattn.backends import cuda as cuda_backend
+
+from helpers.oracle import assert_close_to_oracle, naive_attention, rand_inputs
+
+pytestmark = pytest.mark.gpu
+
+BUCKETS = (32, 64, 96, 128, 192, 256)
+
+
+def bucket(d: int) -> int:
+    return next(b for b in BUCKETS if d <= b)
+
+
+def require_kernel(dtype: torch.dtype, head_dim: int) -> None:
+    reason = cuda_backend.library_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    name = {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    rows = cuda_backend.info()["kernels"]
+    if not any(r.endswith(f":fwd:{name}:{bucket(head_dim)}") for r in rows):
+        pytest.skip(f"no forward kernel built for {name} head_dim bucket {bucket(head_dim)}")
+
+
+def run_case(B, Q, K, H, H_kv, D, *, dtype=torch.bfloat16, mask_shape=None, mask_dtype=torch.bool,
+             bias_shape=None, causal=False, softcap=0.0, keep_prob=0.7, name=""):
+    require_kernel(dtype, D)
+    inp = rand_inputs(B, Q, K, H, H_kv, D, dtype=dtype, mask_shape=mask_shape, mask_dtype=mask_dtype,
+                      bias_shape=bias_shape, keep_prob=keep_prob)
+    dev = lambda t: None if t is None else t.cuda()  # noqa: E731
+    q, k, v, mask, bias = (dev(t) for t in (inp.q, inp.k, inp.v, inp.mask, inp.bias))
+    scale = D ** -0.5
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((B, H, Q), float("nan"), device="cuda", dtype=torch.float32)
+    cuda_backend.fwd(q, k, v, mask, bias, out, lse, scale, causal, softcap)
+    torch.cuda.synchronize()
+    o = inp.oracle()
+    ref_out, ref_lse = reference.attention_forward(o.q, o.k, o.v, o.mask, o.bias, scale=scale, causal=causal,
+                                                   softcap=softcap)
+    naive_out, _ = naive_attention(q, k, v, mask, bias, scale=scale, causal=causal, softcap=softcap)
+    assert_close_to_oracle(out.cpu(), ref_out, naive_out.cpu(), name=f"{name} out", dtype=dtype)
+    # lse: fp32 in the kernel; rows that keep nothing must be exactly -inf in both.
+    assert torch.equal(torch.isneginf(lse.cpu()), torch.isneginf(ref_lse)), f"{name}: -inf rows differ"
+    finite = torch.isfinite(ref_lse)
+    torch.testing.assert_close(lse.cpu()[finite].double(), ref_lse[finite], rtol=2e-3, atol=2e-3)
+    return out, lse
+
+
+def broadcast_forms(B, H, H_kv, Q, K):
+    heads = sorted({H, H_kv, 1}, reverse=True)
+    return [(b, h, q, k) for b, h, q, k in itertools.product((B, 1), heads, (Q, 1), (K, 1))]
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.bfloat16])
+def test_every_mask_broadcast_form_matches_reference(mask_dtype):
+    B, Q, K, H, H_kv, D = 2, 77, 131, 4, 2, 64
+    for shape in broadcast_forms(B, H, H_kv, Q, K):
+        run_case(B, Q, K, H, H_kv, D, mask_shape=shape, mask_dtype=mask_dtype, name=f"mask {shape}")
+
+
+def test_every_bias_broadcast_form_matches_reference():
+    B, Q, K, H, H_kv, D = 2, 77, 131, 4, 2, 64
+    for shape in broadcast_forms(B, H, H_kv, Q, K):
+        run_case(B, Q, K, H, H_kv, D, bias_shape=shape, mask_shape=(B, 1, Q, K), causal=True,
+                 name=f"bias {shape}")
+
+
+@pytest.mark.parametrize("group", [1, 4, 8])
+def test_gqa_ratios_match_reference(group):
+    run_case(2, 100, 100, 8, 8 // group, 128, mask_shape=(2, 8 // group, 100, 100), bias_shape=(2, 8, 1, 100),
+             causal=True, name=f"gqa {group}")
+
+
+@pytest.mark.parametrize("Q,K", [(64, 200), (150, 150), (200, 64), (1, 1000), (1, 1), (63, 65)])
+def test_causal_alignment_matches_reference(Q, K):
+    run_case(1, Q, K, 2, 1, 64, causal=True, name=f"causal {Q}x{K}")
+
+
+def test_softcap_with_bias_matches_reference():
+    run_case(2, 90, 130, 4, 4, 64, bias_shape=(2, 4, 90, 130), softcap=30.0, causal=True, name="softcap")
+
+
+def test_fully_masked_rows_give_zero_and_neg_inf_lse():
+    B, Q, K, H, D = 1, 70, 90, 2, 64
+    require_kernel(torch.bfloat16, D)
+    q, k, v = (torch.randn(B, n, H, D, device="cuda", dtype=torch.bfloat16) for n in (Q, K, K))
+    mask = torch.rand(B, H, Q, K, device="cuda") > 0.3
+    mask[:, :, 5] = False       # one row keeps nothing
+    mask[:, :, 40:70] = False   # a whole stretch crossing a tile boundary
+    bias = torch.randn(B, H, Q, K, device="cuda", dtype=torch.bfloat16)
+    bias[:, :, 10] = float("-inf")  # kept, but every score is -inf
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((B, H, Q), float("nan"), device="cuda")
+    cuda_backend.fwd(q, k, v, mask, bias, out, lse, D ** -0.5, False, 0.0)
+    for row in (5, 10, 40, 69):
+        assert torch.equal(out[:, row], torch.zeros_like(out[:, row])), row
+        assert torch.isneginf(lse[:, :, row]).all(), row
+    assert not out.isnan().any() and not lse.isnan().any()
+
+
+@pytest.mark.parametrize("D", [32, 40, 64, 72, 96, 128, 136, 192, 200, 256])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_head_dims_at_and_between_buckets(D, dtype):
+    run_case(1, 97, 113, 2, 1, D, dtype=dtype, mask_shape=(1, 1, 97, 113), bias_shape=(1, 2, 1, 113),
+             causal=True, name=f"D={D}")
+
+
+@pytest.mark.parametrize("B,H", [(1, 1), (4, 16)])
+def test_batch_and_heads(B, H):
+    run_case(B, 129, 257, H, H, 64, mask_shape=(B, H, 1, 257), name=f"B={B} H={H}")
+
+
+def test_finfo_min_bias_row_is_an_ordinary_very_negative_score():
+    B, Q, K, H, D = 1, 16, 48, 1, 64
+    require_kernel(torch.bfloat16, D)
+    inp = rand_inputs(B, Q, K, H, H, D, dtype=torch.bfloat16, bias_shape=(B, H, Q, K))
+    inp.bias[:, :, 3] = torch.finfo(torch.bfloat16).min
+    q, k, v, bias = (t.cuda() for t in (inp.q, inp.k, inp.v, inp.bias))
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((B, H, Q), float("nan"), device="cuda")
+    cuda_backend.fwd(q, k, v, None, bias, out, lse, D ** -0.5, False, 0.0)
+    o = inp.oracle()
+    ref, _ = reference.attention_forward(o.q, o.k, o.v, None, o.bias, scale=D ** -0.5)
+    naive, _ = naive_attention(q, k, v, None, bias, scale=D ** -0.5)
+    assert_close_to_oracle(out.cpu(), ref, naive.cpu(), name="finfo.min row", dtype=torch.bfloat16)
+
+
+def test_public_api_runs_the_kernel_and_matches_reference():
+    require_kernel(torch.bfloat16, 64)
+    import flash_dmattn
+
+    inp = rand_inputs(2, 65, 90, 4, 2, 64, dtype=torch.bfloat16, mask_shape=(2, 2, 1, 90), bias_shape=(2, 4, 1, 90))
+    q, k, v, mask, bias = (t.cuda() for t in (inp.q, inp.k, inp.v, inp.mask, inp.bias))
+    with torch.no_grad():
+        out, lse = flash_dmattn.flash_dmattn_func(q=q, k=k, v=v, attn_mask=mask, attn_bias=bias, is_causal=True,
+                                                  return_lse=True)
+    o = inp.oracle()
+    ref, _ = reference.attention_forward(o.q, o.k, o.v, o.mask, o.bias, scale=64 ** -0.5, causal=True)
+    naive, _ = naive_attention(q, k, v, mask, bias, scale=64 ** -0.5, causal=True)
+    assert_close_to_oracle(out.cpu(), ref, naive.cpu(), name="public api", dtype=torch.bfloat16)
+
+
+def test_repeat_runs_are_bitwise_equal():
+    B, Q, K, H, D = 2, 100, 150, 4, 64
+    require_kernel(torch.bfloat16, D)
+    q, k, v = (torch.randn(B, n, H, D, device="cuda", dtype=torch.bfloat16) for n in (Q, K, K))
+    bias = torch.randn(B, H, 1, K, device="cuda", dtype=torch.bfloat16)
+    outs = []
+    for _ in range(2):
+        out = torch.full_like(q, float("nan"))
+        lse = torch.full((B, H, Q), float("nan"), device="cuda")
+        cuda_backend.fwd(q, k, v, None, bias, out, lse, D ** -0.5, True, 0.0)
+        outs.append((out, lse))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
