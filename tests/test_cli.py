@@ -86,14 +86,19 @@ def test_bench_reports_a_backend_that_raises_instead_of_crashing(monkeypatch):
     def no_kernel(q, k, v):
         raise NotImplementedError("flash_dmattn: no fwd kernel for this head dim")
 
+    def wrong_dtype(q, k, v):
+        raise TypeError("q: dtype torch.float32 is not supported")
+
     monkeypatch.setattr(bench, "_candidates", lambda device, causal: [("cuda", no_kernel, None),
+                                                                      ("other", wrong_dtype, None),
                                                                       ("triton", None, "not here")])
     out, err = io.StringIO(), io.StringIO()
     monkeypatch.setattr(sys, "stderr", err)
     results = bench.run(seqlens=[8], heads=1, head_dim=8, batch=1, warmup=0, reps=1, device="cpu", out=out)
     assert [r.status for r in results] == ["not implemented: flash_dmattn: no fwd kernel for this head dim",
+                                           "unsupported: q: dtype torch.float32 is not supported",
                                            "unavailable: not here"]
-    assert "not implemented" in out.getvalue() and "2/2" in err.getvalue()
+    assert "not implemented" in out.getvalue() and "3/3" in err.getvalue()
 
 
 def test_flops_counts_two_matmuls_and_halves_for_causal():

@@ -145,6 +145,9 @@ def run(seqlens=None, heads=None, head_dim=None, batch=None, causal=False, dtype
             except NotImplementedError as exc:
                 results.append(Result(L, cand, status=f"not implemented: {exc}"))
                 continue
+            except (TypeError, ValueError) as exc:  # a configuration this backend does not take
+                results.append(Result(L, cand, status=f"unsupported: {exc}"))
+                continue
             except RuntimeError as exc:
                 results.append(Result(L, cand, status=f"failed: {exc}"))
                 continue
