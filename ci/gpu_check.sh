@@ -13,6 +13,7 @@
 #   GIT_COMMIT        commit being checked (default: git rev-parse HEAD when .git exists)
 #   JOBS              build parallelism (default: nproc)
 #   GPU_CHECK_TESTS   test paths to run (default: tests)
+#   GPU_CHECK_FORWARD forward benchmark (benchmarks/bench_forward.py): quick (default), full or skip
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${1:-${OUT:-$PWD/gpu-check}}
@@ -27,7 +28,8 @@ step() { printf '\n==== %s ====\n' "$*"; }
 
 step "machine"
 mkdir -p "$SCRATCH"
-# At most 8 files go to RESULTS (summary.md + 7 logs): small facts go into the summary only.
+# At most 8 files go to RESULTS (summary, build/test/bench logs, forward json + plot): small facts
+# go into the summary only.
 nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader | tee "$SCRATCH/gpu.txt"
 GPU=$(head -1 "$SCRATCH/gpu.txt" | cut -d, -f1)
 $PY -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda)"
@@ -61,7 +63,7 @@ ls -la "$SITE/flash_dmattn/lib" | tee "$SCRATCH/libraries.txt"
 export PYTHONPATH=$SITE
 
 step "python -m flash_dmattn"
-$PY -m flash_dmattn | tee "$RESULTS/info.txt" || status=1
+$PY -m flash_dmattn | tee "$SCRATCH/info.txt" || status=1
 
 step "tests (all, GPU-marked included)"
 $PY -m pytest ${GPU_CHECK_TESTS:-tests} -q -rs -p no:cacheprovider 2>&1 | tee "$RESULTS/pytest.log"
@@ -73,8 +75,18 @@ $PY -m flash_dmattn bench 2>&1 | tee "$RESULTS/bench.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 step "benchmark: host overhead"
-$PY benchmarks/bench_overhead.py --json "$RESULTS/overhead.json" 2>&1 | tee "$RESULTS/overhead.txt"
+$PY benchmarks/bench_overhead.py --json "$SCRATCH/overhead.json" 2>&1 | tee "$RESULTS/overhead.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+FORWARD=${GPU_CHECK_FORWARD:-quick}
+if [ "$FORWARD" != skip ]; then
+  step "benchmark: forward against the peers ($FORWARD)"
+  $PY benchmarks/bench_forward.py $([ "$FORWARD" = quick ] && echo --quick) --out "$SCRATCH/forward" 2>&1 \
+    | tee "$RESULTS/forward.txt"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  cp "$SCRATCH/forward/results.json" "$RESULTS/forward.json" 2>/dev/null
+  cp "$SCRATCH/forward/sweep.png" "$RESULTS/sweep.png" 2>/dev/null
+fi
 
 {
   echo "# GPU check: $(date -u +%Y-%m-%d) on $GPU"
@@ -86,9 +98,10 @@ $PY benchmarks/bench_overhead.py --json "$RESULTS/overhead.json" 2>&1 | tee "$RE
   echo "- tests: $TESTS"
   echo
   echo '## Libraries'; echo '```'; cat "$SCRATCH/libraries.txt"; echo '```'
-  echo '## python -m flash_dmattn'; echo '```'; cat "$RESULTS/info.txt"; echo '```'
+  echo '## python -m flash_dmattn'; echo '```'; cat "$SCRATCH/info.txt"; echo '```'
   echo '## python -m flash_dmattn bench'; echo '```'; cat "$RESULTS/bench.txt"; echo '```'
   echo '## Host overhead (benchmarks/bench_overhead.py)'; echo '```'; cat "$RESULTS/overhead.txt"; echo '```'
+  [ -f "$RESULTS/forward.txt" ] && { echo '## Forward against the peers (benchmarks/bench_forward.py)'; echo '```'; cat "$RESULTS/forward.txt"; echo '```'; }
 } > "$RESULTS/summary.md"
 
 step "summary"

@@ -1,0 +1,71 @@
+"""The benchmark helpers measure what they claim: masks keep the stated fraction, kept pairs are
+counted exactly (also for the O(K) per-key form), and the timing helper returns a real median."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import sparse_masks as sm  # noqa: E402
+from timing import median_ms  # noqa: E402
+
+
+def dense_causal(Q, K):
+    return torch.ones(Q, K, dtype=torch.bool).tril(K - Q)
+
+
+@pytest.mark.parametrize("Q,K", [(5, 5), (3, 7), (7, 3), (1, 9), (100, 130)])
+def test_causal_pairs_match_a_dense_count(Q, K):
+    assert sm.causal_pairs(Q, K) == int(dense_causal(Q, K).sum())
+
+
+def test_key_block_mask_keeps_whole_blocks_and_the_stated_width():
+    score = torch.randn(2, 3, 1024)  # whole blocks only: a partial last block would keep less than w
+    keep = sm.topw_key_blocks(score, 256)
+    assert keep.shape == (2, 3, 1, 1024)
+    assert (keep.sum(-1) == 256).all()
+    blocks = keep.unflatten(-1, (-1, 64))
+    assert ((blocks.all(-1)) | (~blocks.any(-1))).all(), "a 64-key block is either kept whole or dropped"
+    # the chosen blocks are the best-scoring ones
+    best = sm.block_scores(score).topk(4, dim=-1).indices
+    assert keep[..., 0, :].unflatten(-1, (-1, 64)).any(-1).gather(-1, best).all()
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_row_block_mask_keeps_min_of_w_and_visible_keys(causal):
+    Q = K = 512
+    keep = sm.topw_row_blocks(torch.randn(1, 2, K), 128, Q, causal=causal)
+    visible = dense_causal(Q, K).sum(-1) if causal else torch.full((Q,), K)
+    kept = keep.sum(-1)[0, 0]
+    # whole blocks: each row keeps 2 blocks of 64 keys, or everything visible when fewer exist
+    # (a partly visible diagonal block counts its visible part)
+    assert (kept <= torch.maximum(visible, torch.tensor(128))).all()
+    assert (kept[visible <= 64] == visible[visible <= 64]).all()
+    # Two blocks per row; with causal the diagonal block counts with only its visible part.
+    assert ((kept[visible >= 128] <= 128) & (kept[visible >= 128] >= 128 - 63)).all()
+    whole = visible[visible >= 128] % 64 == 0 if causal else visible[visible >= 128] > 0
+    assert (kept[visible >= 128][whole] == 128).all()
+    if causal:
+        assert not (keep[0, 0] & ~dense_causal(Q, K)).any()
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_kept_pairs_of_a_per_key_mask_match_the_dense_count(causal):
+    Q, K = 70, 90
+    keep = torch.rand(2, 3, 1, K) > 0.4
+    dense = keep.expand(2, 3, Q, K)
+    if causal:
+        dense = dense & dense_causal(Q, K)
+    assert sm.kept_pairs(keep, Q, K, causal) == int(dense.sum())
+    assert sm.kept_pairs(keep.expand(2, 3, Q, K), Q, K, causal) == int(dense.sum())
+    full = sm.causal_pairs(Q, K) if causal else Q * K
+    assert sm.density(keep, Q, K, causal) == pytest.approx(int(dense.sum()) / (6 * full))
+
+
+def test_median_ms_times_real_work_on_cpu():
+    x = torch.randn(256, 256)
+    ms = median_ms(lambda: x @ x, warmup=1, reps=3)
+    assert 0 < ms < 10_000
