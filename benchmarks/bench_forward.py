@@ -2,7 +2,7 @@
 
   python benchmarks/bench_forward.py [--quick] [--out DIR] [--only dense,bias,sparse,sweep,decode]
 
-Groups (each row: time as the median of CUDA-event timings with the L2 flushed, TFLOP/s on kept
+Groups (each row: time as the median of CUDA-event timings with the L2 flushed (flash_dmattn.bench.time_ms), TFLOP/s on kept
 pairs, and the measured density of the mask, relative to causal):
   dense   no mask, D 64/128, L 4k/16k, B*H = 32: ours vs SDPA's flash backend (causal and not)
   bias    a per-key bias (B, H_kv, 1, K), causal, an all-true mask: ours vs our dense causal
@@ -27,10 +27,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sparse_masks import density, kept_pairs, topw_key_blocks, topw_row_blocks  # noqa: E402
-from timing import median_ms  # noqa: E402
 
 import flash_dmattn  # noqa: E402
-from flash_dmattn.bench import ProgressBar  # noqa: E402
+from flash_dmattn.bench import ProgressBar, time_ms  # noqa: E402
 
 DT = torch.bfloat16
 
@@ -78,7 +77,7 @@ def row(group, name, system, ms, kept, D, dens, note=""):
 def timed(fn, warmup=3, reps=10):
     try:
         with torch.inference_mode():
-            return median_ms(fn, warmup, reps), ""
+            return time_ms(fn, torch.device("cuda"), warmup, reps, cold_l2=True), ""
     except (NotImplementedError, RuntimeError, TypeError, ValueError) as exc:
         return None, f"{type(exc).__name__}: {str(exc)[:120]}"
 

@@ -62,14 +62,21 @@ def flops(batch: int, heads: int, q_len: int, k_len: int, head_dim: int, causal:
     return total / 2 if causal else total
 
 
-def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps: int) -> float:
-    """Median milliseconds of fn() after `warmup` untimed calls."""
+_L2_FLUSH_BYTES = 256 << 20  # several times any current GPU's L2 cache
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps: int, cold_l2: bool = False) -> float:
+    """Median milliseconds of fn() after `warmup` untimed calls. cold_l2 (CUDA) overwrites a buffer
+    larger than L2 before each run, so small problems are not timed out of a warm cache."""
     for _ in range(warmup):
         fn()
     times = []
     if device.type == "cuda":
+        flush = torch.empty(_L2_FLUSH_BYTES, dtype=torch.uint8, device=device) if cold_l2 else None
         torch.cuda.synchronize(device)
         for _ in range(reps):
+            if flush is not None:
+                flush.zero_()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
