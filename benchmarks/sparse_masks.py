@@ -20,25 +20,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from flash_dmattn.masks import block_scores, topk_key_blocks
+
 BLOCK = 64
-
-
-def block_scores(score: Tensor, block: int = BLOCK) -> Tensor:
-    """(..., K) per-key scores -> (..., ceil(K/block)) summed per block (the last block padded)."""
-    K = score.shape[-1]
-    pad = (-K) % block
-    s = torch.nn.functional.pad(score.float(), (0, pad))
-    return s.unflatten(-1, (-1, block)).sum(-1)
 
 
 def topw_key_blocks(score: Tensor, w: int, block: int = BLOCK) -> Tensor:
     """score (B, H_kv, K) -> keep (B, H_kv, 1, K) bool: the top ceil(w/block) blocks of the sequence."""
-    K = score.shape[-1]
-    blocks = block_scores(score, block)
-    n = min(max(1, -(-w // block)), blocks.shape[-1])
-    chosen = torch.zeros_like(blocks, dtype=torch.bool)
-    chosen.scatter_(-1, blocks.topk(n, dim=-1).indices, True)
-    return chosen.repeat_interleave(block, dim=-1)[..., :K].unsqueeze(-2)
+    return topk_key_blocks(score, w, block)
 
 
 def topw_row_blocks(score: Tensor, w: int, q_len: int, causal: bool = True, block: int = BLOCK) -> Tensor:
