@@ -77,3 +77,42 @@ def test_eager_path_errors_name_the_public_argument(case):
     with torch.no_grad(), pytest.raises((ValueError, TypeError)) as info:
         flash_dmattn.flash_dmattn_func(q, k, v, **kw)
     assert str(info.value).startswith(want), str(info.value)
+
+
+def test_forward_replays_in_a_cuda_graph():
+    if cuda_backend.unavailable_reason() is not None:
+        pytest.skip(cuda_backend.unavailable_reason())
+    q, k, v = inputs()
+    bias = torch.randn(2, 2, 1, 47, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        want = flash_dmattn.flash_dmattn_func(q, k, v, attn_bias=bias, is_causal=True)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm up off the default stream, as capture requires
+            flash_dmattn.flash_dmattn_func(q, k, v, attn_bias=bias, is_causal=True)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            got = flash_dmattn.flash_dmattn_func(q, k, v, attn_bias=bias, is_causal=True)
+        q.copy_(torch.randn_like(q))  # replay must read the new inputs
+        want = flash_dmattn.flash_dmattn_func(q, k, v, attn_bias=bias, is_causal=True)
+        graph.replay()
+        torch.cuda.synchronize()
+    assert torch.equal(got, want)
+
+
+def test_forward_compiles_without_graph_breaks_on_cuda():
+    if cuda_backend.unavailable_reason() is not None:
+        pytest.skip(cuda_backend.unavailable_reason())
+    q, k, v = inputs()
+    mask = torch.rand(2, 1, 1, 47, device="cuda") > 0.3
+
+    def block(q, k, v, mask):
+        return flash_dmattn.flash_dmattn_func(q * 2, k, v, attn_mask=mask, is_causal=True) + 1
+
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(block)(q, k, v, mask)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    with torch.no_grad():
+        compiled = torch.compile(block, fullgraph=True)
+        torch.testing.assert_close(compiled(q, k, v, mask), block(q, k, v, mask), rtol=0, atol=0)
