@@ -47,3 +47,24 @@ def test_family_libraries_export_only_their_table():
 def test_no_library_links_torch_or_the_cuda_runtime(forbidden):
     for lib in [_paths.library_path(), *family_libraries(), *_paths.PACKAGE_DIR.glob("_C*.so")]:
         assert forbidden not in needed(lib), f"{lib.name} links {forbidden}"
+
+
+def test_binding_and_library_answer_without_torch():
+    # The compiled parts never need torch: load _C by file (not through the package, whose
+    # __init__ imports torch) in a fresh interpreter and ask the library for its facts.
+    import sys
+
+    module = next(_paths.PACKAGE_DIR.glob("_C*.so"))
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('_C', {str(module)!r})\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "info = m.info()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print(info['version'], info['abi_version'], info['families'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    import flash_dmattn
+
+    assert out.stdout.startswith(f"{flash_dmattn.__version__} 1 [")
