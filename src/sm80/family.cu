@@ -57,11 +57,15 @@ dmattn_status probe(int32_t device, char* msg, size_t msg_len) {
   return DMATTN_STATUS_SUCCESS;
 }
 
-dmattn_status missing_kernel(const char* direction, DType dtype, int head_dim, char* msg, size_t msg_len) {
+// `bucket` is the head-dim bucket the kernel table would hold the kernel under (0: none fits).
+dmattn_status missing_kernel(const char* direction, DType dtype, int head_dim, int bucket, char* msg,
+                             size_t msg_len) {
+  char bucket_note[48] = "";
+  if (bucket != head_dim) std::snprintf(bucket_note, sizeof(bucket_note), " (bucket %d)", bucket);
   std::snprintf(msg, msg_len,
-                "the CUDA %s kernel (%s, %s, head_dim %d) is not implemented in this version of flash-dmattn; "
+                "the CUDA %s kernel (%s, %s, head_dim %d%s) is not implemented in this build of flash-dmattn; "
                 "use the 'reference' or 'flex' backend meanwhile",
-                direction, DMATTN_FAMILY_NAME, dtype_name(dtype), head_dim);
+                direction, DMATTN_FAMILY_NAME, dtype_name(dtype), head_dim, bucket_note);
   return DMATTN_STATUS_NOT_IMPLEMENTED;
 }
 
@@ -83,7 +87,7 @@ int head_dim_bucket(int head_dim) {
 dmattn_status launch_fwd_row(const FwdProblem& p, char* msg, size_t msg_len) {
   const int bucket = head_dim_bucket(p.shape.head_dim);
 #include "fwd_dispatch.inc"
-  return missing_kernel("forward", p.dtype, bucket, msg, msg_len);
+  return missing_kernel("forward", p.dtype, p.shape.head_dim, bucket, msg, msg_len);
 }
 
 dmattn_status fwd(const FwdProblem* p, char* msg, size_t msg_len) {
@@ -108,7 +112,8 @@ dmattn_status bwd_workspace_size(const BwdProblem*, size_t* bytes, char*, size_t
 }
 
 dmattn_status bwd(const BwdProblem* p, char* msg, size_t msg_len) {
-  return missing_kernel("backward", p->dtype, p->shape.head_dim, msg, msg_len);
+  const int head_dim = p->shape.head_dim;
+  return missing_kernel("backward", p->dtype, head_dim, head_dim_bucket(head_dim), msg, msg_len);
 }
 
 constexpr dmattn_family_table kTable = {
