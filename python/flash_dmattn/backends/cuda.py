@@ -100,28 +100,33 @@ def _public_error(exc: Exception) -> Exception:
     return exc
 
 
-def fwd(q, k, v, mask, bias, out, lse, scale: float, causal: bool, softcap: float) -> None:
-    """Writes out (B,Q,H,D) and lse (B,H,Q) fp32. Raises NotImplementedError for missing kernels;
-    the library validates every argument (ValueError naming it)."""
+def _call(entry, *args) -> None:
+    """Calls a _C entry; the library validates every argument (ValueError naming it, renamed here to
+    the public name)."""
     try:
-        _C.fwd(*_capsules((q, k, v, mask, bias, out, lse)), _allocator(q), scale, softcap, causal, _stream(q))
+        entry(*args)
     except ValueError as exc:
         raise _public_error(exc) from None
+
+
+def fwd(q, k, v, mask, bias, out, lse, scale: float, causal: bool, softcap: float) -> None:
+    """Writes out (B,Q,H,D) and lse (B,H,Q) fp32. Raises NotImplementedError for missing kernels."""
+    _call(_C.fwd, *_capsules((q, k, v, mask, bias, out, lse)), _allocator(q), scale, softcap, causal, _stream(q))
 
 
 def bwd(dout, q, k, v, mask, bias, out, lse, dq, dk, dv, dbias,
         scale: float, causal: bool, softcap: float, deterministic: bool) -> None:
     """Writes dq, dk, dv and (when given) dbias in the bias's own shape."""
     tensors = (dout, q, k, v, mask, bias, out, lse, dq, dk, dv, dbias)
-    _C.bwd(*_capsules(tensors), _allocator(q), scale, softcap, causal, deterministic, _stream(q))
+    _call(_C.bwd, *_capsules(tensors), _allocator(q), scale, softcap, causal, deterministic, _stream(q))
 
 
 def varlen_fwd(q, k, v, mask, bias, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int,
                max_seqlen_k: int, block_table, scale: float, causal: bool, softcap: float) -> None:
     """Packed sequences: q (total_q,H,D), k/v (total_k,H_kv,D) or paged; lse (H,total_q) fp32."""
     tensors = (q, k, v, mask, bias, out, lse, cu_seqlens_q, cu_seqlens_k, block_table)
-    _C.varlen_fwd(*_capsules(tensors), max_seqlen_q, max_seqlen_k, scale, softcap, causal, _allocator(q),
-                  _stream(q))
+    _call(_C.varlen_fwd, *_capsules(tensors), max_seqlen_q, max_seqlen_k, scale, softcap, causal, _allocator(q),
+          _stream(q))
 
 
 def varlen_bwd(dout, q, k, v, mask, bias, out, lse, dq, dk, dv, dbias, cu_seqlens_q, cu_seqlens_k,
@@ -129,5 +134,5 @@ def varlen_bwd(dout, q, k, v, mask, bias, out, lse, dq, dk, dv, dbias, cu_seqlen
                softcap: float, deterministic: bool) -> None:
     """Gradients of varlen_fwd; with block_table, dk/dv are written in k/v's paged layout."""
     tensors = (dout, q, k, v, mask, bias, out, lse, dq, dk, dv, dbias, cu_seqlens_q, cu_seqlens_k, block_table)
-    _C.varlen_bwd(*_capsules(tensors), max_seqlen_q, max_seqlen_k, scale, softcap, causal, deterministic,
-                  _allocator(q), _stream(q))
+    _call(_C.varlen_bwd, *_capsules(tensors), max_seqlen_q, max_seqlen_k, scale, softcap, causal, deterministic,
+          _allocator(q), _stream(q))
