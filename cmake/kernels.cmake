@@ -1,7 +1,7 @@
 # kernels.cmake: the kernel instantiation table, the one list of what gets compiled.
 #
-# A row is "family:direction:dtype:head_dim", e.g. "sm90:fwd:bf16:128"; each row is one translation
-# unit (causal x bias switched inside it). Rows = built families x implemented directions x dtypes x
+# A row is "family:direction:dtype:head_dim", e.g. "sm90:fwd:bf16:128"; each row is four translation
+# units (with and without mask x bias; causal and softcap are switched inside the kernel). Rows = built families x implemented directions x dtypes x
 # head-dim buckets, filtered by:
 #   DMATTN_HEAD_DIMS   subset of buckets for fast developer builds (default: all)
 #   DMATTN_KERNELS     explicit rows to keep, e.g. "sm90:fwd:bf16:128" ("" = every row)
@@ -13,7 +13,8 @@ set(DMATTN_DTYPES fp16 bf16)
 set(DMATTN_IMPLEMENTED_DIRECTIONS fwd)
 
 function(dmattn_kernel_rows families out_var)
-  set(_head_dims ${DMATTN_HEAD_DIMS})
+  # Accept "64;128", "64 128" and "64,128" (the environment variable passes through unsplit).
+  string(REGEX REPLACE "[ ,]+" ";" _head_dims "${DMATTN_HEAD_DIMS}")
   if(NOT _head_dims)
     set(_head_dims ${DMATTN_HEAD_DIM_BUCKETS})
   endif()
@@ -91,9 +92,14 @@ function(dmattn_stamp_kernels target family rows)
       set(DMATTN_ROW_ELEMENT cutlass::bfloat16_t)
       set(_dtype_enum DType::kBF16)
     endif()
-    set(_tu ${_gen}/${_direction}_${_dtype}_${DMATTN_ROW_HEAD_DIM}.cu)
-    configure_file(${PROJECT_SOURCE_DIR}/src/instantiate/${_direction}.cu.in ${_tu} @ONLY)
-    target_sources(${target} PRIVATE ${_tu})
+    # One translation unit per (mask, bias) variant of the row, so a row's kernels build in parallel.
+    foreach(DMATTN_HAS_MASK IN ITEMS false true)
+      foreach(DMATTN_HAS_BIAS IN ITEMS false true)
+        set(_tu ${_gen}/${_direction}_${_dtype}_${DMATTN_ROW_HEAD_DIM}_m${DMATTN_HAS_MASK}_b${DMATTN_HAS_BIAS}.cu)
+        configure_file(${PROJECT_SOURCE_DIR}/src/instantiate/${_direction}.cu.in ${_tu} @ONLY)
+        target_sources(${target} PRIVATE ${_tu})
+      endforeach()
+    endforeach()
     string(APPEND _dispatch_${_direction}
       "if (p.dtype == ${_dtype_enum} && bucket == ${DMATTN_ROW_HEAD_DIM}) return launch_${_direction}<${DMATTN_ROW_ELEMENT}, ${DMATTN_ROW_HEAD_DIM}>(p, msg, msg_len);\n")
   endforeach()

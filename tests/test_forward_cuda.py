@@ -164,3 +164,83 @@ def test_repeat_runs_are_bitwise_equal():
         cuda_backend.fwd(q, k, v, None, bias, out, lse, D ** -0.5, True, 0.0)
         outs.append((out, lse))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+# ---- The schedule: tile plans with empty, partial and full tiles (128-query x 64-key tiles) ----
+
+def check_tensors(q, k, v, mask, bias, *, causal, name, softcap=0.0):
+    """Runs the kernel on the given (possibly strided) CUDA tensors and compares with the oracle."""
+    B, Q, H, D = q.shape
+    require_kernel(q.dtype, D)
+    scale = D ** -0.5
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((B, H, Q), float("nan"), device="cuda", dtype=torch.float32)
+    cuda_backend.fwd(q, k, v, mask, bias, out, lse, scale, causal, softcap)
+    torch.cuda.synchronize()
+    d = lambda t: None if t is None else (t.cpu() if t.dtype == torch.bool else t.cpu().double())  # noqa: E731
+    ref_out, ref_lse = reference.attention_forward(d(q), d(k), d(v), d(mask), d(bias), scale=scale, causal=causal,
+                                                   softcap=softcap)
+    naive_out, _ = naive_attention(q, k, v, mask, bias, scale=scale, causal=causal, softcap=softcap)
+    assert_close_to_oracle(out.cpu(), ref_out, naive_out.cpu(), name=f"{name} out", dtype=q.dtype)
+    assert torch.equal(torch.isneginf(lse.cpu()), torch.isneginf(ref_lse)), f"{name}: -inf rows differ"
+    finite = torch.isfinite(ref_lse)
+    torch.testing.assert_close(lse.cpu()[finite].double(), ref_lse[finite], rtol=2e-3, atol=2e-3)
+
+
+def block_mask(B, Hm, Q, K, seed, per_query=True):
+    """A keep-mask mixing, per 128 x 64 tile, empty, full and randomly partial tiles."""
+    g = torch.Generator().manual_seed(seed)
+    rows = Q if per_query else 1
+    tq, tk = -(-rows // 128), -(-K // 64)
+    state = torch.randint(0, 3, (B, Hm, tq, tk), generator=g)  # 0 empty, 1 partial, 2 full
+    dense = state.repeat_interleave(128, 2).repeat_interleave(64, 3)[:, :, :rows, :K]
+    noise = torch.rand(B, Hm, rows, K, generator=g) < 0.5
+    return ((dense == 2) | ((dense == 1) & noise)).cuda()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("form", ["per-query", "per-key", "key-broadcast"])
+def test_tile_plan_skips_empty_and_trusts_full_tiles(form, causal):
+    B, Q, K, H, H_kv, D = 2, 300, 520, 4, 2, 64
+    q, k, v = (torch.randn(B, n, h, D, device="cuda", dtype=torch.bfloat16) for n, h in ((Q, H), (K, H_kv), (K, H_kv)))
+    if form == "per-query":
+        mask = block_mask(B, H_kv, Q, K, seed=1)
+    elif form == "per-key":
+        mask = block_mask(B, H_kv, Q, K, seed=2, per_query=False)
+    else:
+        mask = torch.rand(B, H, Q, 1, device="cuda") < 0.6
+    bias = torch.randn(B, H, 1, K, device="cuda", dtype=torch.bfloat16)
+    check_tensors(q, k, v, mask, bias, causal=causal, name=f"{form} causal={causal}")
+    check_tensors(q, k, v, mask, None, causal=causal, name=f"{form} no bias causal={causal}")
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.float16])
+def test_strided_and_unaligned_mask_and_bias_take_the_element_path(mask_dtype):
+    """Row strides that break 16-byte vectors and a data pointer off alignment still give exact results."""
+    B, Q, K, H, D = 1, 200, 333, 2, 64
+    dtype = torch.float16
+    q, k, v = (torch.randn(B, n, H, D, device="cuda", dtype=dtype) for n in (Q, K, K))
+    keep = block_mask(B, H, Q, K + 5, seed=3)
+    mask = keep[..., 1:K + 1] if mask_dtype == torch.bool else keep.to(mask_dtype)[..., 1:K + 1]
+    bias = torch.randn(B, H, Q, K + 3, device="cuda", dtype=dtype)[..., 3:]
+    assert mask.stride(-2) == K + 5 and bias.stride(-2) == K + 3
+    check_tensors(q, k, v, mask, bias, causal=True, name="strided")
+
+
+def test_query_tiles_longest_first_cover_every_row_of_a_long_causal_sequence():
+    B, L, H, D = 1, 1100, 2, 128
+    q, k, v = (torch.randn(B, L, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    mask = block_mask(B, 1, L, L, seed=4)
+    check_tensors(q, k, v, mask, None, causal=True, name="long causal masked")
+    check_tensors(q, k, v, None, None, causal=True, name="long causal dense")
+
+
+def test_mask_keeping_nothing_gives_zero_everywhere():
+    B, Q, K, H, D = 1, 130, 200, 2, 64
+    require_kernel(torch.bfloat16, D)
+    q, k, v = (torch.randn(B, n, H, D, device="cuda", dtype=torch.bfloat16) for n in (Q, K, K))
+    mask = torch.zeros(B, H, 1, K, device="cuda", dtype=torch.bool)
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((B, H, Q), float("nan"), device="cuda")
+    cuda_backend.fwd(q, k, v, mask, None, out, lse, D ** -0.5, False, 0.0)
+    assert torch.equal(out, torch.zeros_like(out)) and torch.isneginf(lse).all()

@@ -8,6 +8,7 @@
 
 #include "family/family.h"
 #include "sm80/fwd_launch.h"
+#include "sm80/tile_plan.h"
 
 #ifndef DMATTN_FAMILY_NAME
 #error "DMATTN_FAMILY_NAME must be defined by the build (e.g. \"sm80\")"
@@ -69,10 +70,12 @@ dmattn_status missing_kernel(const char* direction, DType dtype, int head_dim, i
   return DMATTN_STATUS_NOT_IMPLEMENTED;
 }
 
-// A call that will answer NOT_IMPLEMENTED needs no workspace: the size query succeeds with 0 so the
-// whole host path up to the launch can be exercised (and timed) before the kernels exist.
-dmattn_status fwd_workspace_size(const FwdProblem*, size_t* bytes, char*, size_t) {
-  *bytes = 0;
+// The forward needs workspace only for the tile plan of a keep-mask (tile_plan.h). A call that will
+// answer NOT_IMPLEMENTED (varlen) needs none: the size query succeeds with 0 so the whole host path
+// up to the launch can be exercised before those kernels exist.
+dmattn_status fwd_workspace_size(const FwdProblem* p, size_t* bytes, char*, size_t) {
+  const bool planned = p->scoring.mask_kind != MaskKind::kNone && p->shape.cu_seqlens_q == nullptr;
+  *bytes = planned ? plan_extents(*p).bytes() : 0;
   return DMATTN_STATUS_SUCCESS;
 }
 

@@ -1,34 +1,46 @@
 // fwd_kernel.cuh: the SM80-class forward attention kernel (mma.sync m16n8k16, ldmatrix, cp.async),
-// compiled into every family library until an arch gets its own. One CTA computes a kTileQ x D
-// output tile of one (batch, head): for each key tile it forms S = Q K^T, turns it into scores
-// (scale, softcap, bias, keep-mask, causal, sequence bounds), updates the online softmax and
-// accumulates P V. Rows that keep nothing give out = 0 and lse = -inf.
+// compiled into every family library until an arch gets its own. One CTA computes a 128 x D output
+// tile of one (batch, head). It visits only the key tiles its schedule lists (every tile up to the
+// causal limit without a mask; the tile plan's kept tiles with one, tile_plan.h), and per tile:
+//   S = Q K^T -> scores (scale, softcap, bias; keep-mask, causal and bounds only on tiles that need
+//   them) -> online softmax -> O += P V.
+// Loads overlap math as in FlashAttention-2: V(n) streams in during Q K(n)^T, K(n+1) with the mask
+// and bias tiles of n+1 during the softmax and P V(n). Rows that keep nothing give out = 0 and
+// lse = -inf.
 #pragma once
 
 #include <cute/tensor.hpp>
 #include <cutlass/numeric_types.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <type_traits>
 
 #include "dmattn/dmattn.h"
 #include "family/problem.h"
+#include "sm80/fragments.cuh"
+#include "sm80/fwd_launch.h"
+#include "sm80/online_softmax.cuh"
+#include "sm80/score_tile.cuh"
+#include "sm80/tile_plan.h"
 
 namespace dmattn::sm80 {
 
 using namespace cute;
 
-// Tile shapes, layouts and copy atoms for one (dtype, head-dim bucket).
-template <typename Element_, int kHeadDim_, int kTileQ_, int kTileKV_, int kWarps_>
+// Tile shapes, layouts and copy atoms for one (dtype, head-dim bucket). Query tiles of 128 rows and
+// key tiles of 64 for every bucket (the tile plan's shape); 4 warps up to D = 128, 8 beyond, so the
+// output accumulator stays at 128 floats per thread.
+template <typename Element_, int kHeadDim_>
 struct FwdConfig {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kTileQ = kTileQ_;
-  static constexpr int kTileKV = kTileKV_;
-  static constexpr int kWarps = kWarps_;
+  static constexpr int kTileQ = kPlanTileQ;
+  static constexpr int kTileKV = kPlanTileKV;
+  static constexpr int kWarps = kHeadDim <= 128 ? 4 : 8;
   static constexpr int kThreads = kWarps * 32;
-  static_assert(kTileQ == 16 * kWarps, "each warp owns 16 query rows");
+  static_assert(kTileQ % (16 * kWarps) == 0, "warps split the query tile in 16-row slices");
   static_assert(kHeadDim % 32 == 0 && kTileKV % 32 == 0, "tiles are whole swizzle atoms");
 
   using MmaOp = std::conditional_t<std::is_same_v<Element, cutlass::half_t>, SM80_16x8x16_F32F16F16F32_TN,
@@ -48,30 +60,26 @@ struct FwdConfig {
   using SmemCopyQK = Copy_Atom<SM75_U32x4_LDSM_N, Element>;
   using SmemCopyVt = Copy_Atom<SM75_U16x8_LDSM_T, Element>;
 
-  // Global -> shared: 16-byte cp.async per thread, kSmemK / 8 threads per row.
+  // Global <-> shared: 16-byte vectors, kSmemK / 8 threads per row.
   static constexpr int kRowThreads = kSmemK / 8;
-  using GmemCopy = decltype(make_tiled_copy(
-      Copy_Atom<SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>, Element>{},
-      Layout<Shape<Int<kThreads / kRowThreads>, Int<kRowThreads>>, Stride<Int<kRowThreads>, _1>>{},
-      Layout<Shape<_1, _8>>{}));
+  using GmemThreads = Layout<Shape<Int<kThreads / kRowThreads>, Int<kRowThreads>>, Stride<Int<kRowThreads>, _1>>;
+  using GmemCopy = decltype(make_tiled_copy(Copy_Atom<SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>, Element>{},
+                                            GmemThreads{}, Layout<Shape<_1, _8>>{}));
+  using GmemStore = decltype(make_tiled_copy(Copy_Atom<UniversalCopy<cute::uint128_t>, Element>{}, GmemThreads{},
+                                             Layout<Shape<_1, _8>>{}));
 
-  static constexpr int kSmemBytes =
-      int(sizeof(Element)) * (int(cosize(SmemLayoutQ{})) + 2 * int(cosize(SmemLayoutKV{})));
+  using BiasTile = ScoreTile<Element, kTileQ, kTileKV, kThreads>;
+  using MaskTileBool = ScoreTile<uint8_t, kTileQ, kTileKV, kThreads>;
+  using MaskTileElem = ScoreTile<Element, kTileQ, kTileKV, kThreads>;
+
+  static constexpr int kSmemQ = int(sizeof(Element)) * int(cosize(SmemLayoutQ{}));
+  static constexpr int kSmemKV = int(sizeof(Element)) * int(cosize(SmemLayoutKV{}));
+  static constexpr int kSmemMask = MaskTileElem::kSmemBytes > MaskTileBool::kSmemBytes ? MaskTileElem::kSmemBytes
+                                                                                       : MaskTileBool::kSmemBytes;
+  static constexpr int smem_bytes(bool has_mask, bool has_bias) {
+    return kSmemQ + 2 * kSmemKV + (has_bias ? BiasTile::kSmemBytes : 0) + (has_mask ? kSmemMask : 0);
+  }
 };
-
-// ((2,2),M,N) accumulator layout -> ((2,M),(2,N)): rows and columns of the thread's values.
-template <class L>
-__device__ __forceinline__ auto rows_cols(L l) {
-  return make_layout(make_layout(get<1>(get<0>(l)), get<1>(l)), make_layout(get<0>(get<0>(l)), get<2>(l)));
-}
-
-// ((2,2),M,N) accumulator layout -> ((2,2,2),M,N/2): the A-operand layout of the next m16n8k16, so
-// P feeds the P V product straight from registers.
-template <class L>
-__device__ __forceinline__ auto acc_as_a_operand(L l) {
-  auto split = logical_divide(l, Shape<Underscore, Underscore, _2>{});
-  return make_layout(make_layout(get<0>(split), get<2, 0>(split)), get<1>(split), get<2, 1>(split));
-}
 
 // Global -> shared copy of one (rows, D) tile: vectors outside the problem (row >= rows_left or
 // column >= head_dim) are zero-filled in shared memory instead of read.
@@ -121,43 +129,47 @@ __device__ __forceinline__ void gemm_regs_smem(Mma& mma, Acc& acc, RA const& rA,
   }
 }
 
-__device__ __forceinline__ float quad_max(float x) {
-  x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 1));
-  return fmaxf(x, __shfl_xor_sync(0xffffffff, x, 2));
-}
-
-__device__ __forceinline__ float quad_sum(float x) {
-  x += __shfl_xor_sync(0xffffffff, x, 1);
-  return x + __shfl_xor_sync(0xffffffff, x, 2);
-}
-
-// Reads one element of a broadcast (batch, head, query, key) operand as float.
-template <typename T>
-__device__ __forceinline__ float score_operand(const ScoreView& v, int b, int h, int row, int col) {
-  const T* ptr = static_cast<const T*>(v.data) + b * v.batch_stride + (h / v.head_group) * v.head_stride +
-                 row * v.query_stride + col * v.key_stride;
-  return static_cast<float>(*ptr);
-}
-
-template <class Cfg>
-__global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constant__ FwdProblem p) {
+template <class Cfg, bool kHasMask, bool kHasBias>
+__global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constant__ FwdParams params) {
   using Element = typename Cfg::Element;
   constexpr int kTileQ = Cfg::kTileQ, kTileKV = Cfg::kTileKV, kHeadDim = Cfg::kHeadDim;
-  constexpr float kLog2e = 1.4426950408889634f;
+  const FwdProblem& p = params.p;
+  const Extents& s = p.shape;
+  const Scoring& sc = p.scoring;
 
   extern __shared__ __align__(128) char smem[];
   const int tid = threadIdx.x;
-  const int q_tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const Extents& s = p.shape;
-  const Scoring& sc = p.scoring;
+  // Under causal the last query tiles see the most keys: launch them first so the tail is short.
+  const int q_tile = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int row0 = q_tile * kTileQ;
   const int h_kv = h / (s.heads / s.heads_kv);
   const int head_dim = s.head_dim;
+  const int diag = s.seqlen_k - s.seqlen_q;  // causal: row i sees key j iff j <= i + diag
 
-  // Causal: row i sees key j iff j <= i + (K - Q); this tile's last row bounds the key range.
+  // Key tiles this query tile may touch: up to its last row's causal limit and the sequence end.
   int kv_end = s.seqlen_k;
-  if (sc.causal) kv_end = min(kv_end, row0 + kTileQ + s.seqlen_k - s.seqlen_q);
+  if (sc.causal) kv_end = min(kv_end, min(row0 + kTileQ, s.seqlen_q) + diag);
   const int kv_tiles = kv_end > 0 ? (kv_end + kTileKV - 1) / kTileKV : 0;
+
+  // The schedule: entry i = key_tile * 2 + (fully kept). Without a mask every tile below the limit
+  // is kept; with one, the plan lists the kept tiles in ascending order.
+  int n_active = kv_tiles;
+  const int32_t* plan_list = nullptr;
+  if constexpr (kHasMask) {
+    const int32_t* plan_row = params.plan.row(sc.mask, b, h, q_tile);
+    plan_list = plan_row + 1;
+    int lo = 0, hi = plan_row[0];
+    while (lo < hi) {  // entries whose tile is below the causal limit
+      const int mid = (lo + hi) / 2;
+      if ((plan_list[mid] >> 1) < kv_tiles) lo = mid + 1;
+      else hi = mid;
+    }
+    n_active = lo;
+  }
+  auto entry = [&](int i) -> int {
+    if constexpr (kHasMask) return plan_list[i];
+    else return i * 2 + 1;
+  };
 
   auto row_tensor = [&](const RowView& v, int head, int rows) {
     Element* base = static_cast<Element*>(v.data) + b * v.batch_stride + head * v.head_stride;
@@ -173,6 +185,9 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
   Element* smem_q = reinterpret_cast<Element*>(smem);
   Element* smem_k = smem_q + cosize(typename Cfg::SmemLayoutQ{});
   Element* smem_v = smem_k + cosize(typename Cfg::SmemLayoutKV{});
+  char* smem_scores = reinterpret_cast<char*>(smem_v + cosize(typename Cfg::SmemLayoutKV{}));
+  Element* smem_bias = reinterpret_cast<Element*>(smem_scores);
+  char* smem_mask = smem_scores + (kHasBias ? Cfg::BiasTile::kSmemBytes : 0);
   Tensor sQ = make_tensor(make_smem_ptr(smem_q), typename Cfg::SmemLayoutQ{});    // (TILE_Q,D)
   Tensor sK = make_tensor(make_smem_ptr(smem_k), typename Cfg::SmemLayoutKV{});   // (TILE_KV,D)
   Tensor sV = make_tensor(make_smem_ptr(smem_v), typename Cfg::SmemLayoutKV{});   // (TILE_KV,D)
@@ -216,123 +231,183 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
   Tensor coord_s = make_tensor(tScS.data(), rows_cols(tScS.layout()));
   constexpr int kRows = size<0>(decltype(coord_s.layout()){});
   constexpr int kCols = size<1>(decltype(coord_s.layout()){});
-  float row_max[kRows], row_sum[kRows];
-  CUTE_UNROLL
-  for (int i = 0; i < kRows; ++i) {
-    row_max[i] = -INFINITY;
-    row_sum[i] = 0.f;
-  }
+  OnlineSoftmax<kRows, kHasBias> softmax;
+
+  // Mask and bias tiles (score_tile.cuh); a key-broadcast operand is staged once, before the loop.
+  const typename Cfg::BiasTile bias_tile(sc.bias, b, h, row0, s.seqlen_q);
+  const bool mask_bool = sc.mask_kind == MaskKind::kBool;
+  const typename Cfg::MaskTileBool mask_tile_bool(sc.mask, b, h, row0, s.seqlen_q);
+  const typename Cfg::MaskTileElem mask_tile_elem(sc.mask, b, h, row0, s.seqlen_q);
+  const int bias_pitch = bias_tile.read_pitch();
+  const int mask_pitch = mask_bool ? mask_tile_bool.read_pitch() : mask_tile_elem.read_pitch();
+  const bool mask_invariant = mask_tile_bool.invariant();
+  auto load_mask = [&](int col0) {
+    if (mask_bool) mask_tile_bool.load(reinterpret_cast<uint8_t*>(smem_mask), col0, s.seqlen_k - col0, tid);
+    else mask_tile_elem.load(reinterpret_cast<Element*>(smem_mask), col0, s.seqlen_k - col0, tid);
+  };
+  // K, and the mask and bias tiles that change with the key tile, for schedule entry e.
+  auto load_key_side = [&](int e) {
+    const int tile = e >> 1, col0 = tile * kTileKV;
+    load_tile(gmem_copy, tKgK(_, _, _, tile), tKsK, tKcK, s.seqlen_k - col0, head_dim);
+    if constexpr (kHasBias) {
+      if (!bias_tile.invariant()) bias_tile.load(smem_bias, col0, s.seqlen_k - col0, tid);
+    }
+    if constexpr (kHasMask) {
+      if (!(e & 1) && !mask_invariant) load_mask(col0);
+    }
+    cp_async_fence();
+  };
 
   load_tile(gmem_copy, tQgQ, tQsQ, tQcQ, s.seqlen_q - row0, head_dim);
-  cp_async_fence();
+  if constexpr (kHasBias) {
+    if (bias_tile.invariant()) bias_tile.load(smem_bias, 0, kTileKV, tid);
+  }
+  if constexpr (kHasMask) {
+    if (mask_invariant) load_mask(0);
+  }
+  if (n_active > 0) load_key_side(entry(0));
+  else cp_async_fence();
 
-  const bool has_mask = sc.mask_kind != MaskKind::kNone;
   const float softcap = sc.softcap;
   const float qk_scale = softcap > 0.f ? sc.scale / softcap : sc.scale;
-  for (int n = 0; n < kv_tiles; ++n) {
-    const int col0 = n * kTileKV;
-    load_tile(gmem_copy, tKgK(_, _, _, n), tKsK, tKcK, s.seqlen_k - col0, head_dim);
-    cp_async_fence();
-    load_tile(gmem_copy, tVgV(_, _, _, n), tVsV, tKcK, s.seqlen_k - col0, head_dim);
-    cp_async_fence();
-    cp_async_wait<1>();  // Q and this K have landed; V may still be in flight
+  for (int i = 0; i < n_active; ++i) {
+    const int e = entry(i);
+    const int tile = e >> 1, col0 = tile * kTileKV;
+    const bool full = e & 1;
+    // Element-wise bounds, causal and mask work only where this tile needs it.
+    const bool check = !full || col0 + kTileKV > s.seqlen_k || (sc.causal && col0 + kTileKV - 1 > row0 + diag);
+
+    cp_async_wait<0>();  // K, mask and bias of this tile (and Q) have landed
     __syncthreads();
+    load_tile(gmem_copy, tVgV(_, _, _, tile), tVsV, tKcK, s.seqlen_k - col0, head_dim);
+    cp_async_fence();
 
     Tensor acc_s = partition_fragment_C(mma, Shape<Int<kTileQ>, Int<kTileKV>>{});
     clear(acc_s);
     gemm_smem(mma, acc_s, tSrQ, tSrK, tSsQ, tSsK, tSrQ_view, tSrK_view, smem_copy_q, smem_copy_k);
 
-    Tensor scores = make_tensor(acc_s.data(), rows_cols(acc_s.layout()));  // (rows, cols)
-    CUTE_UNROLL
-    for (int i = 0; i < kRows; ++i) {
-      const int row = row0 + get<0>(coord_s(i, 0));
-      float tile_max = -INFINITY;
+    // Raw products -> scores, read the staged mask and bias before the next tile's loads replace them.
+    float mult = qk_scale;
+    if (softcap > 0.f) {
       CUTE_UNROLL
-      for (int j = 0; j < kCols; ++j) {
-        const int col = col0 + get<1>(coord_s(i, j));
-        float x = scores(i, j) * qk_scale;
-        if (softcap > 0.f) x = softcap * tanhf(x);
-        bool keep = row < s.seqlen_q && col < s.seqlen_k && !(sc.causal && col > row + s.seqlen_k - s.seqlen_q);
-        if (keep && has_mask) {
-          keep = sc.mask_kind == MaskKind::kBool ? score_operand<uint8_t>(sc.mask, b, h, row, col) != 0.f
-                                                 : score_operand<Element>(sc.mask, b, h, row, col) != 0.f;
-        }
-        if (keep && sc.has_bias) x += score_operand<Element>(sc.bias, b, h, row, col);
-        x = keep ? x : -INFINITY;
-        scores(i, j) = x;
-        tile_max = fmaxf(tile_max, x);
-      }
-      const float new_max = fmaxf(row_max[i], quad_max(tile_max));
-      // A row that has kept nothing yet has max -inf; measure from 0 so no inf - inf appears.
-      const float ref = new_max == -INFINITY ? 0.f : new_max;
-      const float rescale = exp2f((row_max[i] - ref) * kLog2e);
-      row_max[i] = new_max;
-      float tile_sum = 0.f;
-      CUTE_UNROLL
-      for (int j = 0; j < kCols; ++j) {
-        const float e = exp2f((scores(i, j) - ref) * kLog2e);
-        scores(i, j) = e;
-        tile_sum += e;
-      }
-      row_sum[i] = row_sum[i] * rescale + tile_sum;
-      Tensor out_rows = make_tensor(acc_o.data(), rows_cols(acc_o.layout()));
-      CUTE_UNROLL
-      for (int j = 0; j < size<1>(out_rows); ++j) out_rows(i, j) *= rescale;
+      for (int k = 0; k < size(acc_s); ++k) acc_s(k) = softcap * tanhf(acc_s(k) * qk_scale);
+      mult = 1.f;
     }
+    Tensor scores = make_tensor(acc_s.data(), rows_cols(acc_s.layout()));  // (rows, cols)
+    auto to_scores = [&](auto checked) {
+      CUTE_UNROLL
+      for (int r = 0; r < kRows; ++r) {
+        const int tr = get<0>(coord_s(r, 0));  // row in tile
+        const int row = row0 + tr;
+        CUTE_UNROLL
+        for (int c = 0; c < kCols; ++c) {
+          const int tc = get<1>(coord_s(r, c));
+          float x = scores(r, c) * mult;
+          if constexpr (kHasBias) x += static_cast<float>(smem_bias[tr * bias_pitch + tc]);
+          if constexpr (decltype(checked)::value) {
+            const int col = col0 + tc;
+            bool keep = col < s.seqlen_k && !(sc.causal && col > row + diag);
+            if constexpr (kHasMask) {
+              if (!full) {
+                const int at = tr * mask_pitch + tc;
+                keep = keep && (mask_bool ? reinterpret_cast<const uint8_t*>(smem_mask)[at] != 0
+                                          : static_cast<float>(reinterpret_cast<const Element*>(smem_mask)[at]) != 0.f);
+              }
+            }
+            x = keep ? x : -INFINITY;
+          }
+          scores(r, c) = x;
+        }
+      }
+    };
+    if (check) to_scores(std::true_type{});
+    else to_scores(std::false_type{});
 
+    cp_async_wait<0>();  // V has landed; every thread is done with K, mask and bias
+    __syncthreads();
+    if (i + 1 < n_active) load_key_side(entry(i + 1));
+
+    softmax.update(scores, acc_o);
     // P in the input dtype, laid out as the A operand of P V.
     Tensor probs = make_tensor<Element>(acc_s.layout());
     CUTE_UNROLL
-    for (int i = 0; i < size(acc_s); ++i) probs(i) = static_cast<Element>(acc_s(i));
+    for (int k = 0; k < size(acc_s); ++k) probs(k) = static_cast<Element>(acc_s(k));
     Tensor tOrP = make_tensor(probs.data(), acc_as_a_operand(probs.layout()));
-
-    cp_async_wait<0>();
-    __syncthreads();
     gemm_regs_smem(mma, acc_o, tOrP, tOrVt, tOsVt, tOrVt_view, smem_copy_v);
-    __syncthreads();  // the next tile's loads overwrite sK and sV
   }
 
-  // Epilogue: normalize, write out and lse (straight from registers, bounds-checked).
+  // Epilogue: normalize, stage the tile in shared memory (over Q) and store it with 16-byte vectors.
+  cp_async_wait<0>();
+  __syncthreads();  // nothing reads sQ or sV any more, and no load into them is in flight
+  float row_inv[kRows], row_lse[kRows];
+  softmax.finish(row_inv, row_lse);
+  Tensor out_rows = make_tensor(acc_o.data(), rows_cols(acc_o.layout()));
+  Tensor out_cast = make_tensor<Element>(acc_o.layout());
+  Tensor out_cast_rows = make_tensor(out_cast.data(), rows_cols(out_cast.layout()));
+  CUTE_UNROLL
+  for (int r = 0; r < kRows; ++r) {
+    CUTE_UNROLL
+    for (int c = 0; c < size<1>(out_rows); ++c) out_cast_rows(r, c) = static_cast<Element>(out_rows(r, c) * row_inv[r]);
+  }
+  Tensor sO = make_tensor(make_smem_ptr(smem_q), typename Cfg::SmemLayoutQ{});
+  auto smem_copy_o = make_tiled_copy_C(Copy_Atom<DefaultCopy, Element>{}, mma);
+  auto smem_thr_o = smem_copy_o.get_thread_slice(tid);
+  copy(smem_copy_o, smem_thr_o.retile_S(out_cast), smem_thr_o.partition_D(sO));
+
+  if (p.lse != nullptr) {
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      const int row = row0 + get<0>(coord_s(r, 0));
+      if (get<1>(coord_s(r, 0)) == 0 && row < s.seqlen_q) p.lse[(int64_t(b) * s.heads + h) * s.seqlen_q + row] = row_lse[r];
+    }
+  }
+  __syncthreads();
+
   Tensor mO = row_tensor(p.out, h, s.seqlen_q);
   Tensor gO = local_tile(mO, Shape<Int<kTileQ>, Int<kHeadDim>>{}, make_coord(q_tile, 0));
-  Tensor tOgO = thr_mma.partition_C(gO);
-  Tensor tOcO = thr_mma.partition_C(make_identity_tensor(Shape<Int<kTileQ>, Int<kHeadDim>>{}));
-  Tensor out_rows = make_tensor(acc_o.data(), rows_cols(acc_o.layout()));
-  Tensor out_g = make_tensor(tOgO.data(), rows_cols(tOgO.layout()));
-  Tensor out_c = make_tensor(tOcO.data(), rows_cols(tOcO.layout()));
+  typename Cfg::GmemStore gmem_store;
+  auto store_thr = gmem_store.get_thread_slice(tid);
+  Tensor tOsO = store_thr.partition_S(sO);
+  Tensor tOgO = store_thr.partition_D(gO);
+  Tensor tOcO = store_thr.partition_D(make_identity_tensor(Shape<Int<kTileQ>, Int<kHeadDim>>{}));
+  Tensor tOrO = make_tensor<Element>(shape(tOgO));
+  copy(gmem_store, tOsO, tOrO);
   CUTE_UNROLL
-  for (int i = 0; i < kRows; ++i) {
-    const float sum = quad_sum(row_sum[i]);
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    const int row = row0 + get<0>(out_c(i, 0));
-    if (row >= s.seqlen_q) continue;
+  for (int m = 0; m < size<1>(tOrO); ++m) {
     CUTE_UNROLL
-    for (int j = 0; j < size<1>(out_rows); ++j) {
-      if (get<1>(out_c(i, j)) < head_dim) out_g(i, j) = static_cast<Element>(out_rows(i, j) * inv);
-    }
-    if (p.lse != nullptr && get<1>(out_c(i, 0)) == 0) {
-      p.lse[(int64_t(b) * s.heads + h) * s.seqlen_q + row] = sum > 0.f ? row_max[i] + logf(sum) : -INFINITY;
+    for (int k = 0; k < size<2>(tOrO); ++k) {
+      if (row0 + get<0>(tOcO(0, m, k)) < s.seqlen_q && get<1>(tOcO(0, m, k)) < head_dim)
+        copy(gmem_store, tOrO(_, m, k), tOgO(_, m, k));
     }
   }
 }
 
-// Host side: launches the kernel for one (dtype, head-dim bucket) on the problem's stream.
-template <typename Element, int kHeadDim>
-dmattn_status launch_fwd(const FwdProblem& p, char* msg, size_t msg_len) {
-  using Cfg = FwdConfig<Element, kHeadDim, 64, (kHeadDim <= 128 ? 64 : 32), 4>;
-  auto kernel = fwd_kernel<Cfg>;
-  constexpr int smem = Cfg::kSmemBytes;
-  if (smem > 48 * 1024) {
-    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (err != cudaSuccess) {
-      snprintf(msg, msg_len, "forward kernel (head_dim bucket %d) needs %d bytes of shared memory: %s", kHeadDim,
-               smem, cudaGetErrorString(err));
-      return DMATTN_STATUS_CUDA_ERROR;
-    }
+// Sets the kernel's dynamic shared memory limit once per device.
+template <class Kernel>
+cudaError_t allow_smem(Kernel kernel, int bytes, int device) {
+  static std::atomic<uint64_t> done{0};
+  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
+  if (bytes <= 48 * 1024 || (bit != 0 && (done.load(std::memory_order_relaxed) & bit))) return cudaSuccess;
+  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (err == cudaSuccess) done.fetch_or(bit, std::memory_order_relaxed);
+  return err;
+}
+
+template <typename Element, int kHeadDim, bool kHasMask, bool kHasBias>
+dmattn_status launch_fwd_variant(const FwdParams& params, char* msg, size_t msg_len) {
+  using Cfg = FwdConfig<Element, kHeadDim>;
+  auto kernel = fwd_kernel<Cfg, kHasMask, kHasBias>;
+  constexpr int smem = Cfg::smem_bytes(kHasMask, kHasBias);
+  const FwdProblem& p = params.p;
+  cudaError_t err = allow_smem(kernel, smem, p.launch.device);
+  if (err != cudaSuccess) {
+    snprintf(msg, msg_len, "forward kernel (head_dim bucket %d) needs %d bytes of shared memory: %s", kHeadDim, smem,
+             cudaGetErrorString(err));
+    return DMATTN_STATUS_CUDA_ERROR;
   }
   dim3 grid((p.shape.seqlen_q + Cfg::kTileQ - 1) / Cfg::kTileQ, p.shape.heads, p.shape.batch);
-  kernel<<<grid, Cfg::kThreads, smem, static_cast<cudaStream_t>(p.launch.stream)>>>(p);
-  cudaError_t err = cudaGetLastError();
+  kernel<<<grid, Cfg::kThreads, smem, static_cast<cudaStream_t>(p.launch.stream)>>>(params);
+  err = cudaGetLastError();
   if (err != cudaSuccess) {
     snprintf(msg, msg_len, "forward kernel launch failed: %s", cudaGetErrorString(err));
     return DMATTN_STATUS_CUDA_ERROR;

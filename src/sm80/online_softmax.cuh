@@ -1,0 +1,81 @@
+// online_softmax.cuh: the running row max and row sum of a streamed softmax, for the rows one thread
+// holds of an mma.sync m16n8 accumulator (each row is spread over the 4 lanes of a quad).
+// Scores stay in the natural domain: exp(x - max) is computed as exp2((x - max) * log2 e), so a bias
+// of finfo.min never overflows to -inf on its way (x * log2 e would), and fully masked rows (all
+// -inf) keep a reference of 0 so no inf - inf appears. Rows that kept nothing end with out = 0 and
+// lse = -inf.
+#pragma once
+
+#include <cute/tensor.hpp>
+
+#include <cmath>
+
+#include "sm80/fragments.cuh"
+
+namespace dmattn::sm80 {
+
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffff, x, 2));
+}
+
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffff, x, 1);
+  return x + __shfl_xor_sync(0xffffffff, x, 2);
+}
+
+// kRows rows per thread. kExactShift: subtract the max before scaling by log2 e (needed when scores
+// may be near the float limits, i.e. with a bias); otherwise one fused multiply-add per element.
+template <int kRows, bool kExactShift>
+struct OnlineSoftmax {
+  static constexpr float kLog2e = 1.4426950408889634f;
+  float row_max[kRows];
+  float row_sum[kRows];  // this thread's partial sums (reduced over the quad in finish)
+
+  __device__ OnlineSoftmax() {
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      row_max[r] = -INFINITY;
+      row_sum[r] = 0.f;
+    }
+  }
+
+  // scores (rows, cols) -> exp(score - running max) in place; out (acc layout) rescaled to the new max.
+  template <class Scores, class Out>
+  __device__ __forceinline__ void update(Scores& scores, Out& out) {
+    auto out_rows = cute::make_tensor(out.data(), rows_cols(out.layout()));
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      float tile_max = -INFINITY;
+      CUTE_UNROLL
+      for (int c = 0; c < cute::size<1>(scores); ++c) tile_max = fmaxf(tile_max, scores(r, c));
+      const float new_max = fmaxf(row_max[r], quad_max(tile_max));
+      const float ref = new_max == -INFINITY ? 0.f : new_max;
+      const float rescale = exp2f((row_max[r] - ref) * kLog2e);
+      row_max[r] = new_max;
+      const float ref_log2 = ref * kLog2e;
+      float sum = 0.f;
+      CUTE_UNROLL
+      for (int c = 0; c < cute::size<1>(scores); ++c) {
+        const float e = kExactShift ? exp2f((scores(r, c) - ref) * kLog2e) : exp2f(fmaf(scores(r, c), kLog2e, -ref_log2));
+        scores(r, c) = e;
+        sum += e;
+      }
+      row_sum[r] = row_sum[r] * rescale + sum;
+      CUTE_UNROLL
+      for (int c = 0; c < cute::size<1>(out_rows); ++c) out_rows(r, c) *= rescale;
+    }
+  }
+
+  // Per row: the factor that normalizes the output (0 for a row that kept nothing) and its lse.
+  __device__ __forceinline__ void finish(float (&inv)[kRows], float (&lse)[kRows]) {
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      const float sum = quad_sum(row_sum[r]);
+      inv[r] = sum > 0.f ? 1.f / sum : 0.f;
+      lse[r] = sum > 0.f ? row_max[r] + logf(sum) : -INFINITY;
+    }
+  }
+};
+
+}  // namespace dmattn::sm80

@@ -1,0 +1,134 @@
+// tile_plan.cu: builds the forward kernel's tile plan (tile_plan.h) in one pass over the keep-mask.
+// One CTA per (mask batch, mask head, query tile): each warp classifies key tiles (empty, partial,
+// full) with 16-byte loads where the mask allows them, then warp 0 compacts the kept tiles, in
+// order, into the plan row.
+#include <cuda_runtime_api.h>
+
+#include <cstdio>
+
+#include "sm80/tile_plan.h"
+
+namespace dmattn::sm80 {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kChunkTiles = 4096;  // key-tile states staged in shared memory per pass
+
+struct Bits {
+  bool any = false;
+  bool all = true;
+};
+
+// Zero tests on a 16-byte chunk of mask elements (bool bytes, or fp16/bf16 0/1 whose sign bit is
+// ignored so -0 counts as 0).
+template <int kElemBytes>
+__device__ __forceinline__ void classify_chunk(uint4 v, Bits& bits) {
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    uint32_t x = w[i];
+    bool has_zero;
+    if constexpr (kElemBytes == 1) {
+      has_zero = ((x - 0x01010101u) & ~x & 0x80808080u) != 0;
+    } else {
+      x &= 0x7fff7fffu;
+      has_zero = ((x - 0x00010001u) & ~x & 0x80008000u) != 0;
+    }
+    bits.any |= x != 0;
+    bits.all &= !has_zero;
+  }
+}
+
+template <int kElemBytes>
+__device__ __forceinline__ bool element_kept(const char* p) {
+  if constexpr (kElemBytes == 1) return *reinterpret_cast<const uint8_t*>(p) != 0;
+  else return (*reinterpret_cast<const uint16_t*>(p) & 0x7fffu) != 0;
+}
+
+// The state of one (rows x cols) mask tile, classified by one warp: 0 empty, 1 partial, 2 full.
+template <int kElemBytes>
+__device__ int tile_state(const char* tile, int64_t row_bytes, int rows, int cols, bool vector_ok, int lane) {
+  Bits bits;
+  if (vector_ok && cols == kPlanTileKV) {
+    constexpr int kChunks = kPlanTileKV * kElemBytes / 16;  // per row
+    const int n = rows * kChunks;
+#pragma unroll 4
+    for (int i = lane; i < n; i += 32) {
+      const uint4 v = __ldg(reinterpret_cast<const uint4*>(tile + (i / kChunks) * row_bytes + (i % kChunks) * 16));
+      classify_chunk<kElemBytes>(v, bits);
+    }
+  } else {
+    const int n = rows * cols;
+    for (int i = lane; i < n; i += 32) {
+      const bool kept = element_kept<kElemBytes>(tile + (i / cols) * row_bytes + int64_t(i % cols) * kElemBytes);
+      bits.any |= kept;
+      bits.all &= kept;
+    }
+  }
+  const bool any = __any_sync(0xffffffffu, bits.any);
+  const bool all = __all_sync(0xffffffffu, bits.all);
+  return any ? (all ? 2 : 1) : 0;
+}
+
+template <int kElemBytes>
+__global__ void __launch_bounds__(kThreads) build_tile_plan_kernel(const ScoreView mask, int seqlen_q, int seqlen_k,
+                                                                  const TilePlan plan) {
+  __shared__ uint8_t states[kChunkTiles];
+  const int qt = blockIdx.x, mh = blockIdx.y, mb = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const bool per_query = mask.shape[2] != 1;
+  const bool per_key = mask.shape[3] != 1;
+  const int row0 = per_query ? qt * kPlanTileQ : 0;
+  const int rows = per_query ? min(kPlanTileQ, seqlen_q - row0) : 1;
+  const int64_t row_bytes = mask.query_stride * kElemBytes;
+  const char* base = static_cast<const char*>(mask.data) +
+                     (mb * mask.batch_stride + mh * mask.head_stride + row0 * mask.query_stride) * kElemBytes;
+  const bool vector_ok = per_key && (reinterpret_cast<uintptr_t>(base) % 16 == 0) && (row_bytes % 16 == 0);
+
+  int32_t* out = plan.rows + ((int64_t(mb) * plan.heads + mh) * plan.q_tiles + qt) * plan.row_len();
+  int count = 0;  // warp 0's running count
+  for (int chunk0 = 0; chunk0 < plan.k_tiles; chunk0 += kChunkTiles) {
+    const int chunk_tiles = min(kChunkTiles, plan.k_tiles - chunk0);
+    for (int t = warp; t < chunk_tiles; t += kWarps) {
+      const int col0 = (chunk0 + t) * kPlanTileKV;
+      const int cols = per_key ? min(kPlanTileKV, seqlen_k - col0) : 1;
+      const char* tile = base + (per_key ? int64_t(col0) * kElemBytes : 0);
+      const int state = tile_state<kElemBytes>(tile, row_bytes, rows, cols, vector_ok, lane);
+      if (lane == 0) states[t] = static_cast<uint8_t>(state);
+    }
+    __syncthreads();
+    if (warp == 0) {
+      for (int t0 = 0; t0 < chunk_tiles; t0 += 32) {
+        const int t = t0 + lane;
+        const int state = t < chunk_tiles ? states[t] : 0;
+        const uint32_t kept = __ballot_sync(0xffffffffu, state != 0);
+        const int pos = count + __popc(kept & ((1u << lane) - 1u));
+        if (state != 0) out[1 + pos] = (chunk0 + t) * 2 + (state == 2 ? 1 : 0);
+        count += __popc(kept);
+      }
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[0] = count;
+}
+
+}  // namespace
+
+dmattn_status build_tile_plan(const FwdProblem& p, const TilePlan& plan, char* msg, size_t msg_len) {
+  const dim3 grid(plan.q_tiles, plan.heads, plan.batches);
+  cudaStream_t stream = static_cast<cudaStream_t>(p.launch.stream);
+  if (p.scoring.mask_kind == MaskKind::kBool) {
+    build_tile_plan_kernel<1><<<grid, kThreads, 0, stream>>>(p.scoring.mask, p.shape.seqlen_q, p.shape.seqlen_k, plan);
+  } else {
+    build_tile_plan_kernel<2><<<grid, kThreads, 0, stream>>>(p.scoring.mask, p.shape.seqlen_q, p.shape.seqlen_k, plan);
+  }
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    std::snprintf(msg, msg_len, "tile plan kernel launch failed: %s", cudaGetErrorString(err));
+    return DMATTN_STATUS_CUDA_ERROR;
+  }
+  return DMATTN_STATUS_SUCCESS;
+}
+
+}  // namespace dmattn::sm80
