@@ -246,22 +246,21 @@ def main():
     if not torch.cuda.is_available():
         raise SystemExit("bench_forward.py needs a CUDA GPU")
     groups = [g for g in args.only.split(",") if g]
-    bar = ProgressBar(len(groups))
-    results = []
-    for g in groups:
-        bar.step(g)
-        results += GROUPS[g](args.quick)
-        torch.cuda.empty_cache()
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "flash_dmattn": flash_dmattn.__version__, "python": platform.python_version()}
-    write(results, Path(args.out), meta)
-    width = max(len(r["config"]) for r in results)
-    print(f"{'config':<{width}}  {'system':<32} {'ms':>9} {'TFLOP/s':>8} {'density':>8}  note")
-    for r in results:
-        ms = f"{r['ms']:9.3f}" if r["ms"] else f"{'-':>9}"
-        tf = f"{r['tflops']:8.1f}" if r["tflops"] else f"{'-':>8}"
-        print(f"{r['config']:<{width}}  {r['system']:<32} {ms} {tf} {r['density']:8.3f}  {r['note']}")
-
+    bar = ProgressBar(len(groups))
+    results = []
+    print(f"{'config':<48}  {'system':<32} {'ms':>9} {'TFLOP/s':>8} {'density':>8}  note", flush=True)
+    for g in groups:
+        bar.step(g)
+        rows = GROUPS[g](args.quick)
+        for r in rows:  # printed per group, so a run cut short still shows what it measured
+            ms = f"{r['ms']:9.3f}" if r["ms"] else f"{'-':>9}"
+            tf = f"{r['tflops']:8.1f}" if r["tflops"] else f"{'-':>8}"
+            print(f"{r['config']:<48}  {r['system']:<32} {ms} {tf} {r['density']:8.3f}  {r['note']}", flush=True)
+        results += rows
+        write(results, Path(args.out), meta)
+        torch.cuda.empty_cache()
 
 if __name__ == "__main__":
     main()

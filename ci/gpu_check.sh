@@ -24,7 +24,7 @@ PY=${PYTHON:-python3}
 export CMAKE_BUILD_PARALLEL_LEVEL=${JOBS:-$(nproc)}
 COMMIT=${GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 status=0
-step() { printf '\n==== %s ====\n' "$*"; }
+step() { printf '\n==== %s (t=%ss) ====\n' "$*" "$SECONDS"; }
 
 step "machine"
 mkdir -p "$SCRATCH"

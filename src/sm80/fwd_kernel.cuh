@@ -29,15 +29,17 @@ namespace dmattn::sm80 {
 
 using namespace cute;
 
-// Tile shapes, layouts and copy atoms for one (dtype, head-dim bucket). Query tiles of 128 rows and
-// key tiles of 64 for every bucket (the tile plan's shape); 4 warps up to D = 128, 8 beyond, so the
-// output accumulator stays at 128 floats per thread.
+// Tile shapes, layouts and copy atoms for one (dtype, head-dim bucket). Query tiles of 128 rows (the
+// tile plan's); 4 warps up to D = 128, 8 beyond, so the output accumulator stays at 128 floats per
+// thread.
 template <typename Element_, int kHeadDim_>
 struct FwdConfig {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kTileQ = kPlanTileQ;
-  static constexpr int kTileKV = kPlanTileKV;
+  // Key step: a whole plan tile, or half of one for D in (64, 128], where a 64-key score tile
+  // next to the 128-float output accumulator would spill registers.
+  static constexpr int kTileKV = kHeadDim > 64 && kHeadDim <= 128 ? kPlanTileKV / 2 : kPlanTileKV;
   static constexpr int kWarps = kHeadDim <= 128 ? 4 : 8;
   static constexpr int kThreads = kWarps * 32;
   static_assert(kTileQ % (16 * kWarps) == 0, "warps split the query tile in 16-row slices");
@@ -129,6 +131,13 @@ __device__ __forceinline__ void gemm_regs_smem(Mma& mma, Acc& acc, RA const& rA,
   }
 }
 
+// tanh on the SFU (sm_75+): relative error about 2^-11, below bf16/fp16 output rounding.
+__device__ __forceinline__ float fast_tanh(float x) {
+  float y;
+  asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 template <class Cfg, bool kHasMask, bool kHasBias>
 __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constant__ FwdParams params) {
   using Element = typename Cfg::Element;
@@ -146,10 +155,10 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
   const int head_dim = s.head_dim;
   const int diag = s.seqlen_k - s.seqlen_q;  // causal: row i sees key j iff j <= i + diag
 
-  // Key tiles this query tile may touch: up to its last row's causal limit and the sequence end.
+  // Plan tiles this query tile may touch: up to its last row's causal limit and the sequence end.
   int kv_end = s.seqlen_k;
   if (sc.causal) kv_end = min(kv_end, min(row0 + kTileQ, s.seqlen_q) + diag);
-  const int kv_tiles = kv_end > 0 ? (kv_end + kTileKV - 1) / kTileKV : 0;
+  const int kv_tiles = kv_end > 0 ? (kv_end + kPlanTileKV - 1) / kPlanTileKV : 0;
 
   // The schedule: entry i = key_tile * 2 + (fully kept). Without a mask every tile below the limit
   // is kept; with one, the plan lists the kept tiles in ascending order.
@@ -170,6 +179,16 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
     if constexpr (kHasMask) return plan_list[i];
     else return i * 2 + 1;
   };
+  // The loop walks steps of kTileKV keys: kSteps per plan entry. Step s = key tile (of kTileKV) * 2
+  // + the entry's full flag. A step starting past the causal/sequence end (only ever the last
+  // entry's second half) is dropped.
+  constexpr int kSteps = kPlanTileKV / kTileKV;
+  auto step = [&](int st) -> int {
+    const int e = entry(st / kSteps);
+    return (((e >> 1) * kSteps + st % kSteps) << 1) | (e & 1);
+  };
+  int n_steps = n_active * kSteps;
+  if (kSteps > 1 && n_steps > 0 && (step(n_steps - 1) >> 1) * kTileKV >= kv_end) --n_steps;
 
   auto row_tensor = [&](const RowView& v, int head, int rows) {
     Element* base = static_cast<Element*>(v.data) + b * v.batch_stride + head * v.head_stride;
@@ -245,7 +264,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
     if (mask_bool) mask_tile_bool.load(reinterpret_cast<uint8_t*>(smem_mask), col0, s.seqlen_k - col0, tid);
     else mask_tile_elem.load(reinterpret_cast<Element*>(smem_mask), col0, s.seqlen_k - col0, tid);
   };
-  // K, and the mask and bias tiles that change with the key tile, for schedule entry e.
+  // K, and the mask and bias tiles that change with the key tile, for step e.
   auto load_key_side = [&](int e) {
     const int tile = e >> 1, col0 = tile * kTileKV;
     load_tile(gmem_copy, tKgK(_, _, _, tile), tKsK, tKcK, s.seqlen_k - col0, head_dim);
@@ -265,13 +284,13 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
   if constexpr (kHasMask) {
     if (mask_invariant) load_mask(0);
   }
-  if (n_active > 0) load_key_side(entry(0));
+  if (n_steps > 0) load_key_side(step(0));
   else cp_async_fence();
 
   const float softcap = sc.softcap;
   const float qk_scale = softcap > 0.f ? sc.scale / softcap : sc.scale;
-  for (int i = 0; i < n_active; ++i) {
-    const int e = entry(i);
+  for (int i = 0; i < n_steps; ++i) {
+    const int e = step(i);
     const int tile = e >> 1, col0 = tile * kTileKV;
     const bool full = e & 1;
     // Element-wise bounds, causal and mask work only where this tile needs it.
@@ -290,7 +309,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
     float mult = qk_scale;
     if (softcap > 0.f) {
       CUTE_UNROLL
-      for (int k = 0; k < size(acc_s); ++k) acc_s(k) = softcap * tanhf(acc_s(k) * qk_scale);
+      for (int k = 0; k < size(acc_s); ++k) acc_s(k) = softcap * fast_tanh(acc_s(k) * qk_scale);
       mult = 1.f;
     }
     Tensor scores = make_tensor(acc_s.data(), rows_cols(acc_s.layout()));  // (rows, cols)
@@ -325,7 +344,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
 
     cp_async_wait<0>();  // V has landed; every thread is done with K, mask and bias
     __syncthreads();
-    if (i + 1 < n_active) load_key_side(entry(i + 1));
+    if (i + 1 < n_steps) load_key_side(step(i + 1));
 
     softmax.update(scores, acc_o);
     // P in the input dtype, laid out as the A operand of P V.
@@ -382,10 +401,9 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
   }
 }
 
-// Sets the kernel's dynamic shared memory limit once per device.
+// Sets a kernel's dynamic shared memory limit once per device; `done` is that kernel's own record.
 template <class Kernel>
-cudaError_t allow_smem(Kernel kernel, int bytes, int device) {
-  static std::atomic<uint64_t> done{0};
+cudaError_t allow_smem(Kernel kernel, int bytes, int device, std::atomic<uint64_t>& done) {
   const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
   if (bytes <= 48 * 1024 || (bit != 0 && (done.load(std::memory_order_relaxed) & bit))) return cudaSuccess;
   const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
@@ -399,7 +417,8 @@ dmattn_status launch_fwd_variant(const FwdParams& params, char* msg, size_t msg_
   auto kernel = fwd_kernel<Cfg, kHasMask, kHasBias>;
   constexpr int smem = Cfg::smem_bytes(kHasMask, kHasBias);
   const FwdProblem& p = params.p;
-  cudaError_t err = allow_smem(kernel, smem, p.launch.device);
+  static std::atomic<uint64_t> smem_allowed{0};  // one per variant: devices already configured
+  cudaError_t err = allow_smem(kernel, smem, p.launch.device, smem_allowed);
   if (err != cudaSuccess) {
     snprintf(msg, msg_len, "forward kernel (head_dim bucket %d) needs %d bytes of shared memory: %s", kHeadDim, smem,
              cudaGetErrorString(err));
