@@ -289,6 +289,8 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
 
   const float softcap = sc.softcap;
   const float qk_scale = softcap > 0.f ? sc.scale / softcap : sc.scale;
+  const bool fold_scale = !kHasBias && softcap == 0.f && sc.scale > 0.f;
+  const float softmax_mult = fold_scale ? sc.scale : 1.f;  // scores reach the softmax as raw * this
   for (int i = 0; i < n_steps; ++i) {
     const int e = step(i);
     const int tile = e >> 1, col0 = tile * kTileKV;
@@ -305,7 +307,9 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
     clear(acc_s);
     gemm_smem(mma, acc_s, tSrQ, tSrK, tSsQ, tSsK, tSrQ_view, tSrK_view, smem_copy_q, smem_copy_k);
 
-    // Raw products -> scores, read the staged mask and bias before the next tile's loads replace them.
+    // Raw products -> scores, reading the staged mask and bias before the next step's loads replace
+    // them. Without bias or softcap (and scale > 0) the scale is folded into the softmax's exponent
+    // and only steps that need masking touch the scores here.
     float mult = qk_scale;
     if (softcap > 0.f) {
       CUTE_UNROLL
@@ -313,7 +317,14 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
       mult = 1.f;
     }
     Tensor scores = make_tensor(acc_s.data(), rows_cols(acc_s.layout()));  // (rows, cols)
-    auto to_scores = [&](auto checked) {
+    // checked: bounds, causal and mask; scaled: multiply by mult; bias_per_key: the bias is one row
+    // (broadcast over queries), read once per column instead of once per element.
+    auto to_scores = [&](auto checked, auto scaled, auto bias_per_key) {
+      float bias_col[kCols];
+      if constexpr (kHasBias && decltype(bias_per_key)::value) {
+        CUTE_UNROLL
+        for (int c = 0; c < kCols; ++c) bias_col[c] = static_cast<float>(smem_bias[get<1>(coord_s(0, c))]);
+      }
       CUTE_UNROLL
       for (int r = 0; r < kRows; ++r) {
         const int tr = get<0>(coord_s(r, 0));  // row in tile
@@ -321,8 +332,12 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
         CUTE_UNROLL
         for (int c = 0; c < kCols; ++c) {
           const int tc = get<1>(coord_s(r, c));
-          float x = scores(r, c) * mult;
-          if constexpr (kHasBias) x += static_cast<float>(smem_bias[tr * bias_pitch + tc]);
+          float x = scores(r, c);
+          if constexpr (decltype(scaled)::value) x *= mult;
+          if constexpr (kHasBias) {
+            if constexpr (decltype(bias_per_key)::value) x += bias_col[c];
+            else x += static_cast<float>(smem_bias[tr * Cfg::BiasTile::kPitch + tc]);
+          }
           if constexpr (decltype(checked)::value) {
             const int col = col0 + tc;
             bool keep = col < s.seqlen_k && !(sc.causal && col > row + diag);
@@ -339,14 +354,28 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
         }
       }
     };
-    if (check) to_scores(std::true_type{});
-    else to_scores(std::false_type{});
+    using Yes = std::true_type;
+    using No = std::false_type;
+    if constexpr (kHasBias) {
+      if (bias_pitch == 0) {
+        if (check) to_scores(Yes{}, Yes{}, Yes{});
+        else to_scores(No{}, Yes{}, Yes{});
+      } else {
+        if (check) to_scores(Yes{}, Yes{}, No{});
+        else to_scores(No{}, Yes{}, No{});
+      }
+    } else if (fold_scale) {
+      if (check) to_scores(Yes{}, No{}, No{});
+    } else {
+      if (check) to_scores(Yes{}, Yes{}, No{});
+      else to_scores(No{}, Yes{}, No{});
+    }
 
     cp_async_wait<0>();  // V has landed; every thread is done with K, mask and bias
     __syncthreads();
     if (i + 1 < n_steps) load_key_side(step(i + 1));
 
-    softmax.update(scores, acc_o);
+    softmax.update(scores, acc_o, softmax_mult);
     // P in the input dtype, laid out as the A operand of P V.
     Tensor probs = make_tensor<Element>(acc_s.layout());
     CUTE_UNROLL
@@ -359,7 +388,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
   cp_async_wait<0>();
   __syncthreads();  // nothing reads sQ or sV any more, and no load into them is in flight
   float row_inv[kRows], row_lse[kRows];
-  softmax.finish(row_inv, row_lse);
+  softmax.finish(row_inv, row_lse, softmax_mult);
   Tensor out_rows = make_tensor(acc_o.data(), rows_cols(acc_o.layout()));
   Tensor out_cast = make_tensor<Element>(acc_o.layout());
   Tensor out_cast_rows = make_tensor(out_cast.data(), rows_cols(out_cast.layout()));

@@ -24,8 +24,17 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffff, x, 2);
 }
 
-// kRows rows per thread. kExactShift: subtract the max before scaling by log2 e (needed when scores
-// may be near the float limits, i.e. with a bias); otherwise one fused multiply-add per element.
+// exp2 on the SFU: one instruction (exp2f adds range handling the softmax does not need); -inf -> 0.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// kRows rows per thread. Scores arrive as s / mult (mult > 0: the softmax scale folded into the
+// exponent, or 1). kExactShift: subtract the max before scaling by log2 e (needed when scores may be
+// near the float limits, i.e. with a bias, and then mult is 1); otherwise one fused multiply-add per
+// element.
 template <int kRows, bool kExactShift>
 struct OnlineSoftmax {
   static constexpr float kLog2e = 1.4426950408889634f;
@@ -42,7 +51,8 @@ struct OnlineSoftmax {
 
   // scores (rows, cols) -> exp(score - running max) in place; out (acc layout) rescaled to the new max.
   template <class Scores, class Out>
-  __device__ __forceinline__ void update(Scores& scores, Out& out) {
+  __device__ __forceinline__ void update(Scores& scores, Out& out, float mult) {
+    const float mult_log2 = mult * kLog2e;
     auto out_rows = cute::make_tensor(out.data(), rows_cols(out.layout()));
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
@@ -51,13 +61,14 @@ struct OnlineSoftmax {
       for (int c = 0; c < cute::size<1>(scores); ++c) tile_max = fmaxf(tile_max, scores(r, c));
       const float new_max = fmaxf(row_max[r], quad_max(tile_max));
       const float ref = new_max == -INFINITY ? 0.f : new_max;
-      const float rescale = exp2f((row_max[r] - ref) * kLog2e);
+      const float rescale = fast_exp2((row_max[r] - ref) * mult_log2);
       row_max[r] = new_max;
-      const float ref_log2 = ref * kLog2e;
+      const float ref_log2 = ref * mult_log2;
       float sum = 0.f;
       CUTE_UNROLL
       for (int c = 0; c < cute::size<1>(scores); ++c) {
-        const float e = kExactShift ? exp2f((scores(r, c) - ref) * kLog2e) : exp2f(fmaf(scores(r, c), kLog2e, -ref_log2));
+        const float e = kExactShift ? fast_exp2((scores(r, c) - ref) * kLog2e)
+                                    : fast_exp2(fmaf(scores(r, c), mult_log2, -ref_log2));
         scores(r, c) = e;
         sum += e;
       }
@@ -68,12 +79,12 @@ struct OnlineSoftmax {
   }
 
   // Per row: the factor that normalizes the output (0 for a row that kept nothing) and its lse.
-  __device__ __forceinline__ void finish(float (&inv)[kRows], float (&lse)[kRows]) {
+  __device__ __forceinline__ void finish(float (&inv)[kRows], float (&lse)[kRows], float mult) {
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
       const float sum = quad_sum(row_sum[r]);
       inv[r] = sum > 0.f ? 1.f / sum : 0.f;
-      lse[r] = sum > 0.f ? row_max[r] + logf(sum) : -INFINITY;
+      lse[r] = sum > 0.f ? row_max[r] * mult + logf(sum) : -INFINITY;
     }
   }
 };
