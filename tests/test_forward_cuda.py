@@ -244,3 +244,19 @@ def test_mask_keeping_nothing_gives_zero_everywhere():
     lse = torch.full((B, H, Q), float("nan"), device="cuda")
     cuda_backend.fwd(q, k, v, mask, None, out, lse, D ** -0.5, False, 0.0)
     assert torch.equal(out, torch.zeros_like(out)) and torch.isneginf(lse).all()
+
+
+# ---- Split-KV: few query tiles over long keys are split along keys and merged ----
+
+@pytest.mark.parametrize("Q,causal", [(1, False), (1, True), (200, True), (200, False)])
+def test_split_kv_long_keys_few_query_tiles(Q, causal):
+    """B*H*query tiles far below the SM count: the key range is split (several CTAs per query tile)
+    and the partial results are merged; masks with empty stretches leave some splits keeping nothing."""
+    B, K, H, H_kv, D = 1, 5000, 4, 1, 128
+    q = torch.randn(B, Q, H, D, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(B, K, H_kv, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    mask = block_mask(B, H_kv, Q, K, seed=5, per_query=False)
+    mask[..., 1000:3000] = False  # whole splits keep nothing
+    bias = torch.randn(B, H, 1, K, device="cuda", dtype=torch.bfloat16)
+    check_tensors(q, k, v, mask, bias, causal=causal, name=f"split Q={Q} causal={causal}")
+    check_tensors(q, k, v, None, None, causal=causal, name=f"split dense Q={Q} causal={causal}")

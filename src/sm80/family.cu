@@ -8,7 +8,6 @@
 
 #include "family/family.h"
 #include "sm80/fwd_launch.h"
-#include "sm80/tile_plan.h"
 
 #ifndef DMATTN_FAMILY_NAME
 #error "DMATTN_FAMILY_NAME must be defined by the build (e.g. \"sm80\")"
@@ -70,21 +69,20 @@ dmattn_status missing_kernel(const char* direction, DType dtype, int head_dim, i
   return DMATTN_STATUS_NOT_IMPLEMENTED;
 }
 
-// The forward needs workspace only for the tile plan of a keep-mask (tile_plan.h). A call that will
-// answer NOT_IMPLEMENTED (varlen) needs none: the size query succeeds with 0 so the whole host path
-// up to the launch can be exercised before those kernels exist.
-dmattn_status fwd_workspace_size(const FwdProblem* p, size_t* bytes, char*, size_t) {
-  const bool planned = p->scoring.mask_kind != MaskKind::kNone && p->shape.cu_seqlens_q == nullptr;
-  *bytes = planned ? plan_extents(*p).bytes() : 0;
-  return DMATTN_STATUS_SUCCESS;
-}
-
 // The smallest head-dim bucket holding `head_dim` (inputs between buckets are padded inside the
 // kernel: columns past head_dim are zero-filled on load and never stored).
 int head_dim_bucket(int head_dim) {
   for (int bucket : {32, 64, 96, 128, 192, 256})
     if (head_dim <= bucket) return bucket;
   return 0;
+}
+
+// The forward's workspace: the tile plan of a keep-mask and split-KV partial results (split_kv.h).
+// A call that will answer NOT_IMPLEMENTED (varlen) needs none: the size query succeeds with 0 so the
+// whole host path up to the launch can be exercised before those kernels exist.
+dmattn_status fwd_workspace_size(const FwdProblem* p, size_t* bytes, char*, size_t) {
+  *bytes = p->shape.cu_seqlens_q != nullptr ? 0 : fwd_workspace_bytes(*p, head_dim_bucket(p->shape.head_dim));
+  return DMATTN_STATUS_SUCCESS;
 }
 
 dmattn_status launch_fwd_row(const FwdProblem& p, char* msg, size_t msg_len) {

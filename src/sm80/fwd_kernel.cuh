@@ -148,8 +148,11 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
 
   extern __shared__ __align__(128) char smem[];
   const int tid = threadIdx.x;
-  // Under causal the last query tiles see the most keys: launch them first so the tail is short.
-  const int q_tile = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  // grid.x = query tiles x key splits. Under causal the last query tiles see the most keys: launch
+  // them first so the tail is short.
+  const int n_splits = params.split.splits;
+  const int split = blockIdx.x % n_splits;
+  const int q_tile = gridDim.x / n_splits - 1 - blockIdx.x / n_splits, h = blockIdx.y, b = blockIdx.z;
   const int row0 = q_tile * kTileQ;
   const int h_kv = h / (s.heads / s.heads_kv);
   const int head_dim = s.head_dim;
@@ -189,6 +192,13 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
   };
   int n_steps = n_active * kSteps;
   if (kSteps > 1 && n_steps > 0 && (step(n_steps - 1) >> 1) * kTileKV >= kv_end) --n_steps;
+  // This CTA's share of the steps when the key range is split.
+  int step_begin = 0, step_end = n_steps;
+  if (n_splits > 1) {
+    const int per_split = (n_steps + n_splits - 1) / n_splits;
+    step_begin = min(n_steps, split * per_split);
+    step_end = min(n_steps, step_begin + per_split);
+  }
 
   auto row_tensor = [&](const RowView& v, int head, int rows) {
     Element* base = static_cast<Element*>(v.data) + b * v.batch_stride + head * v.head_stride;
@@ -284,14 +294,14 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
   if constexpr (kHasMask) {
     if (mask_invariant) load_mask(0);
   }
-  if (n_steps > 0) load_key_side(step(0));
+  if (step_begin < step_end) load_key_side(step(step_begin));
   else cp_async_fence();
 
   const float softcap = sc.softcap;
   const float qk_scale = softcap > 0.f ? sc.scale / softcap : sc.scale;
   const bool fold_scale = !kHasBias && softcap == 0.f && sc.scale > 0.f;
   const float softmax_mult = fold_scale ? sc.scale : 1.f;  // scores reach the softmax as raw * this
-  for (int i = 0; i < n_steps; ++i) {
+  for (int i = step_begin; i < step_end; ++i) {
     const int e = step(i);
     const int tile = e >> 1, col0 = tile * kTileKV;
     const bool full = e & 1;
@@ -373,7 +383,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
 
     cp_async_wait<0>();  // V has landed; every thread is done with K, mask and bias
     __syncthreads();
-    if (i + 1 < n_steps) load_key_side(step(i + 1));
+    if (i + 1 < step_end) load_key_side(step(i + 1));
 
     softmax.update(scores, acc_o, softmax_mult);
     // P in the input dtype, laid out as the A operand of P V.
@@ -390,6 +400,23 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
   float row_inv[kRows], row_lse[kRows];
   softmax.finish(row_inv, row_lse, softmax_mult);
   Tensor out_rows = make_tensor(acc_o.data(), rows_cols(acc_o.layout()));
+  if (n_splits > 1) {
+    // A split's partial result: fp32, normalized by its own sum, with its own lse (split_kv.h).
+    const int64_t rows = int64_t(s.batch) * s.heads * s.seqlen_q;
+    const int64_t first = (int64_t(split) * rows + (int64_t(b) * s.heads + h) * s.seqlen_q);
+    Tensor out_c = thr_mma.partition_C(make_identity_tensor(Shape<Int<kTileQ>, Int<kHeadDim>>{}));
+    Tensor out_c_rows = make_tensor(out_c.data(), rows_cols(out_c.layout()));
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      const int row = row0 + get<0>(out_c_rows(r, 0));
+      if (row >= s.seqlen_q) continue;
+      float* dst = params.split.out_partial + (first + row) * kHeadDim;
+      CUTE_UNROLL
+      for (int c = 0; c < size<1>(out_rows); ++c) dst[get<1>(out_c_rows(r, c))] = out_rows(r, c) * row_inv[r];
+      if (get<1>(out_c_rows(r, 0)) == 0) params.split.lse_partial[first + row] = row_lse[r];
+    }
+    return;
+  }
   Tensor out_cast = make_tensor<Element>(acc_o.layout());
   Tensor out_cast_rows = make_tensor(out_cast.data(), rows_cols(out_cast.layout()));
   CUTE_UNROLL
@@ -453,7 +480,7 @@ dmattn_status launch_fwd_variant(const FwdParams& params, char* msg, size_t msg_
              cudaGetErrorString(err));
     return DMATTN_STATUS_CUDA_ERROR;
   }
-  dim3 grid((p.shape.seqlen_q + Cfg::kTileQ - 1) / Cfg::kTileQ, p.shape.heads, p.shape.batch);
+  dim3 grid((p.shape.seqlen_q + Cfg::kTileQ - 1) / Cfg::kTileQ * params.split.splits, p.shape.heads, p.shape.batch);
   kernel<<<grid, Cfg::kThreads, smem, static_cast<cudaStream_t>(p.launch.stream)>>>(params);
   err = cudaGetLastError();
   if (err != cudaSuccess) {

@@ -1,5 +1,6 @@
 // fwd_launch.h: the forward entry of the SM80-class family library. launch_fwd builds the tile plan
-// when a keep-mask is given, then calls the kernel variant for the mask and bias present. Each
+// when a keep-mask is given, calls the kernel variant for the mask and bias present, and merges the
+// key splits when the key range was split (split_kv.h). Each
 // (dtype, head-dim bucket, mask, bias) variant is defined in its own stamped translation unit
 // (src/instantiate/fwd.cu.in, one per kernel-table row and variant), so they compile in parallel.
 #pragma once
@@ -8,34 +9,53 @@
 
 #include "dmattn/dmattn.h"
 #include "family/problem.h"
+#include "sm80/split_kv.h"
 #include "sm80/tile_plan.h"
 
 namespace dmattn::sm80 {
 
-// The kernel's parameters: the validated problem and, with a mask, its tile plan.
+// The kernel's parameters: the validated problem, the tile plan (with a mask) and the split-KV
+// buffers (with more than one split).
 struct FwdParams {
   FwdProblem p;
   TilePlan plan;
+  SplitKV split;
 };
 
 template <typename Element, int kHeadDim, bool kHasMask, bool kHasBias>
 dmattn_status launch_fwd_variant(const FwdParams& params, char* msg, size_t msg_len);
 
-// The plan lives in the workspace (fwd_workspace_size asks plan_extents for its size).
+// Workspace bytes of a forward call with this head-dim bucket (layout in split_kv.h).
+inline size_t fwd_workspace_bytes(const FwdProblem& p, int head_dim_bucket) {
+  return plan_workspace_bytes(p) + split_workspace_bytes(p, choose_splits(p, head_dim_bucket), head_dim_bucket);
+}
+
 template <typename Element, int kHeadDim>
 dmattn_status launch_fwd(const FwdProblem& p, char* msg, size_t msg_len) {
-  FwdParams params{p, TilePlan{}};
+  FwdParams params{p, TilePlan{}, SplitKV{}};
+  char* workspace = static_cast<char*>(p.launch.workspace);
   const bool has_mask = p.scoring.mask_kind != MaskKind::kNone;
   if (has_mask) {
     params.plan = plan_extents(p);
-    params.plan.rows = static_cast<int32_t*>(p.launch.workspace);
+    params.plan.rows = reinterpret_cast<int32_t*>(workspace);
+    workspace += plan_workspace_bytes(p);
     const dmattn_status st = build_tile_plan(p, params.plan, msg, msg_len);
     if (st != DMATTN_STATUS_SUCCESS) return st;
   }
-  if (has_mask && p.scoring.has_bias) return launch_fwd_variant<Element, kHeadDim, true, true>(params, msg, msg_len);
-  if (has_mask) return launch_fwd_variant<Element, kHeadDim, true, false>(params, msg, msg_len);
-  if (p.scoring.has_bias) return launch_fwd_variant<Element, kHeadDim, false, true>(params, msg, msg_len);
-  return launch_fwd_variant<Element, kHeadDim, false, false>(params, msg, msg_len);
+  params.split.splits = choose_splits(p, kHeadDim);
+  if (params.split.splits > 1) {
+    const size_t rows = size_t(p.shape.batch) * p.shape.heads * p.shape.seqlen_q;
+    params.split.head_dim_stride = kHeadDim;
+    params.split.lse_partial = reinterpret_cast<float*>(workspace);
+    params.split.out_partial = reinterpret_cast<float*>(workspace + align256(params.split.splits * rows * sizeof(float)));
+  }
+  dmattn_status st;
+  if (has_mask && p.scoring.has_bias) st = launch_fwd_variant<Element, kHeadDim, true, true>(params, msg, msg_len);
+  else if (has_mask) st = launch_fwd_variant<Element, kHeadDim, true, false>(params, msg, msg_len);
+  else if (p.scoring.has_bias) st = launch_fwd_variant<Element, kHeadDim, false, true>(params, msg, msg_len);
+  else st = launch_fwd_variant<Element, kHeadDim, false, false>(params, msg, msg_len);
+  if (st != DMATTN_STATUS_SUCCESS || params.split.splits <= 1) return st;
+  return combine_splits(p, params.split, msg, msg_len);
 }
 
 }  // namespace dmattn::sm80
