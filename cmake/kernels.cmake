@@ -1,8 +1,9 @@
 # kernels.cmake: the kernel instantiation table, the one list of what gets compiled.
 #
-# A row is "family:direction:dtype:head_dim", e.g. "sm90:fwd:bf16:128"; each row is four translation
-# units (with and without mask x bias; causal and softcap are switched inside the kernel). Rows = built families x implemented directions x dtypes x
-# head-dim buckets, filtered by:
+# A row is "family:direction:dtype:head_dim", e.g. "sm90:fwd:bf16:128"; each row is eight
+# translation units (query tile 128 or 16 x with and without mask x bias; causal and softcap are
+# switched inside the kernel). Rows = built families x implemented directions x dtypes x head-dim
+# buckets, filtered by:
 #   DMATTN_HEAD_DIMS   subset of buckets for fast developer builds (default: all)
 #   DMATTN_KERNELS     explicit rows to keep, e.g. "sm90:fwd:bf16:128" ("" = every row)
 # The library reports the table at run time (dmattn_kernel_table) so tests ask instead of guessing.
@@ -92,12 +93,15 @@ function(dmattn_stamp_kernels target family rows)
       set(DMATTN_ROW_ELEMENT cutlass::bfloat16_t)
       set(_dtype_enum DType::kBF16)
     endif()
-    # One translation unit per (mask, bias) variant of the row, so a row's kernels build in parallel.
-    foreach(DMATTN_HAS_MASK IN ITEMS false true)
-      foreach(DMATTN_HAS_BIAS IN ITEMS false true)
-        set(_tu ${_gen}/${_direction}_${_dtype}_${DMATTN_ROW_HEAD_DIM}_m${DMATTN_HAS_MASK}_b${DMATTN_HAS_BIAS}.cu)
-        configure_file(${PROJECT_SOURCE_DIR}/src/instantiate/${_direction}.cu.in ${_tu} @ONLY)
-        target_sources(${target} PRIVATE ${_tu})
+    # One translation unit per (query tile, mask, bias) variant of the row, so a row's kernels build
+    # in parallel. Query tiles: 128 rows, and 16 for decode (Q <= 16).
+    foreach(DMATTN_TILE_Q IN ITEMS 128 16)
+      foreach(DMATTN_HAS_MASK IN ITEMS false true)
+        foreach(DMATTN_HAS_BIAS IN ITEMS false true)
+          set(_tu ${_gen}/${_direction}_${_dtype}_${DMATTN_ROW_HEAD_DIM}_q${DMATTN_TILE_Q}_m${DMATTN_HAS_MASK}_b${DMATTN_HAS_BIAS}.cu)
+          configure_file(${PROJECT_SOURCE_DIR}/src/instantiate/${_direction}.cu.in ${_tu} @ONLY)
+          target_sources(${target} PRIVATE ${_tu})
+        endforeach()
       endforeach()
     endforeach()
     string(APPEND _dispatch_${_direction}

@@ -83,7 +83,7 @@ def test_gqa_ratios_match_reference(group):
              causal=True, name=f"gqa {group}")
 
 
-@pytest.mark.parametrize("Q,K", [(64, 200), (150, 150), (200, 64), (1, 1000), (1, 1), (63, 65)])
+@pytest.mark.parametrize("Q,K", [(64, 200), (150, 150), (200, 64), (1, 1000), (1, 1), (63, 65), (16, 300), (17, 300)])
 def test_causal_alignment_matches_reference(Q, K):
     run_case(1, Q, K, 2, 1, 64, causal=True, name=f"causal {Q}x{K}")
 
@@ -260,3 +260,11 @@ def test_split_kv_long_keys_few_query_tiles(Q, causal):
     bias = torch.randn(B, H, 1, K, device="cuda", dtype=torch.bfloat16)
     check_tensors(q, k, v, mask, bias, causal=causal, name=f"split Q={Q} causal={causal}")
     check_tensors(q, k, v, None, None, causal=causal, name=f"split dense Q={Q} causal={causal}")
+
+
+@pytest.mark.parametrize("D", [32, 64, 96, 128, 192, 256])
+@pytest.mark.parametrize("Q", [1, 7, 16])
+def test_decode_tile_every_head_dim_bucket(Q, D):
+    """Q <= 16 runs the one-warp 16-row tile (split along keys): every bucket, mask and bias on."""
+    run_case(2, Q, 3000, 8, 2, D, mask_shape=(2, 2, 1, 3000), bias_shape=(2, 8, Q, 3000), causal=True,
+             name=f"decode Q={Q} D={D}")

@@ -29,18 +29,23 @@ namespace dmattn::sm80 {
 
 using namespace cute;
 
-// Tile shapes, layouts and copy atoms for one (dtype, head-dim bucket). Query tiles of 128 rows (the
-// tile plan's); 4 warps up to D = 128, 8 beyond, so the output accumulator stays at 128 floats per
-// thread.
-template <typename Element_, int kHeadDim_>
+// Tile shapes, layouts and copy atoms for one (dtype, head-dim bucket, query tile). Query tiles of
+// 128 rows (the tile plan's), 4 warps up to D = 128 and 8 beyond, so the output accumulator stays at
+// 128 floats per thread; or, for Q <= 16 (decode), 16 rows and one warp, so a single query row does
+// not pay for 128 (split-KV then fills the GPU with many small CTAs).
+template <typename Element_, int kHeadDim_, int kTileQ_>
 struct FwdConfig {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kTileQ = kPlanTileQ;
+  static constexpr int kTileQ = kTileQ_;
+  static_assert(kTileQ == kPlanTileQ || kTileQ == kDecodeTileQ, "the plan's 128 rows, or the decode tile");
+  static_assert(kPlanTileQ % kTileQ == 0, "a query tile lies inside one plan tile");
   // Key step: a whole plan tile, or half of one for D in (64, 128], where a 64-key score tile
   // next to the 128-float output accumulator would spill registers.
-  static constexpr int kTileKV = kHeadDim > 64 && kHeadDim <= 128 ? kPlanTileKV / 2 : kPlanTileKV;
-  static constexpr int kWarps = kHeadDim <= 128 ? 4 : 8;
+  static constexpr int kTileKV =
+      kTileQ == kPlanTileQ && kHeadDim > 64 && kHeadDim <= 128 ? kPlanTileKV / 2 : kPlanTileKV;
+  // The decode tile is one warp's 16 rows.
+  static constexpr int kWarps = kTileQ == kDecodeTileQ ? 1 : kHeadDim <= 128 ? 4 : 8;
   static constexpr int kThreads = kWarps * 32;
   static_assert(kTileQ % (16 * kWarps) == 0, "warps split the query tile in 16-row slices");
   static_assert(kHeadDim % 32 == 0 && kTileKV % 32 == 0, "tiles are whole swizzle atoms");
@@ -168,7 +173,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
   int n_active = kv_tiles;
   const int32_t* plan_list = nullptr;
   if constexpr (kHasMask) {
-    const int32_t* plan_row = params.plan.row(sc.mask, b, h, q_tile);
+    const int32_t* plan_row = params.plan.row(sc.mask, b, h, row0 / kPlanTileQ);
     plan_list = plan_row + 1;
     int lo = 0, hi = plan_row[0];
     while (lo < hi) {  // entries whose tile is below the causal limit
@@ -467,9 +472,9 @@ cudaError_t allow_smem(Kernel kernel, int bytes, int device, std::atomic<uint64_
   return err;
 }
 
-template <typename Element, int kHeadDim, bool kHasMask, bool kHasBias>
+template <typename Element, int kHeadDim, int kTileQ, bool kHasMask, bool kHasBias>
 dmattn_status launch_fwd_variant(const FwdParams& params, char* msg, size_t msg_len) {
-  using Cfg = FwdConfig<Element, kHeadDim>;
+  using Cfg = FwdConfig<Element, kHeadDim, kTileQ>;
   auto kernel = fwd_kernel<Cfg, kHasMask, kHasBias>;
   constexpr int smem = Cfg::smem_bytes(kHasMask, kHasBias);
   const FwdProblem& p = params.p;

@@ -22,8 +22,18 @@ struct FwdParams {
   SplitKV split;
 };
 
-template <typename Element, int kHeadDim, bool kHasMask, bool kHasBias>
+template <typename Element, int kHeadDim, int kTileQ, bool kHasMask, bool kHasBias>
 dmattn_status launch_fwd_variant(const FwdParams& params, char* msg, size_t msg_len);
+
+// The variant for the mask and bias present, with the query tile kTileQ.
+template <typename Element, int kHeadDim, int kTileQ>
+dmattn_status launch_fwd_tile(const FwdParams& params, char* msg, size_t msg_len) {
+  const bool has_mask = params.p.scoring.mask_kind != MaskKind::kNone, has_bias = params.p.scoring.has_bias;
+  if (has_mask && has_bias) return launch_fwd_variant<Element, kHeadDim, kTileQ, true, true>(params, msg, msg_len);
+  if (has_mask) return launch_fwd_variant<Element, kHeadDim, kTileQ, true, false>(params, msg, msg_len);
+  if (has_bias) return launch_fwd_variant<Element, kHeadDim, kTileQ, false, true>(params, msg, msg_len);
+  return launch_fwd_variant<Element, kHeadDim, kTileQ, false, false>(params, msg, msg_len);
+}
 
 // Workspace bytes of a forward call with this head-dim bucket (layout in split_kv.h).
 inline size_t fwd_workspace_bytes(const FwdProblem& p, int head_dim_bucket) {
@@ -49,11 +59,9 @@ dmattn_status launch_fwd(const FwdProblem& p, char* msg, size_t msg_len) {
     params.split.lse_partial = reinterpret_cast<float*>(workspace);
     params.split.out_partial = reinterpret_cast<float*>(workspace + align256(params.split.splits * rows * sizeof(float)));
   }
-  dmattn_status st;
-  if (has_mask && p.scoring.has_bias) st = launch_fwd_variant<Element, kHeadDim, true, true>(params, msg, msg_len);
-  else if (has_mask) st = launch_fwd_variant<Element, kHeadDim, true, false>(params, msg, msg_len);
-  else if (p.scoring.has_bias) st = launch_fwd_variant<Element, kHeadDim, false, true>(params, msg, msg_len);
-  else st = launch_fwd_variant<Element, kHeadDim, false, false>(params, msg, msg_len);
+  const dmattn_status st = fwd_tile_q(p) == kDecodeTileQ
+                               ? launch_fwd_tile<Element, kHeadDim, kDecodeTileQ>(params, msg, msg_len)
+                               : launch_fwd_tile<Element, kHeadDim, kPlanTileQ>(params, msg, msg_len);
   if (st != DMATTN_STATUS_SUCCESS || params.split.splits <= 1) return st;
   return combine_splits(p, params.split, msg, msg_len);
 }

@@ -41,16 +41,21 @@ inline int sm_count(int device) {
 
 inline size_t align256(size_t n) { return (n + 255) & ~size_t(255); }
 
-// Splits for a problem (1: no split): enough CTAs for about two per SM, at least 4 key tiles per
-// split, at most kMaxSplits, and partial results within kMaxSplitWorkspace.
+// The forward's query tile for a problem: 16 rows (one warp) for Q <= 16, else the plan's 128.
+inline int fwd_tile_q(const FwdProblem& p) { return p.shape.seqlen_q <= kDecodeTileQ ? kDecodeTileQ : kPlanTileQ; }
+
+// Splits for a problem (1: no split): enough CTAs for about two 128-row (or eight 16-row) CTAs per
+// SM, at least 4 key tiles per split, at most kMaxSplits, and partial results within
+// kMaxSplitWorkspace.
 inline int choose_splits(const FwdProblem& p, int head_dim_bucket) {
   if (p.shape.cu_seqlens_q != nullptr) return 1;
-  const int64_t q_tiles = (p.shape.seqlen_q + kPlanTileQ - 1) / kPlanTileQ;
+  const int tile_q = fwd_tile_q(p);
+  const int64_t q_tiles = (p.shape.seqlen_q + tile_q - 1) / tile_q;
   const int64_t ctas = q_tiles * p.shape.heads * p.shape.batch;
-  const int sms = sm_count(p.launch.device);
-  if (ctas >= sms) return 1;
+  const int64_t target = int64_t(sm_count(p.launch.device)) * (tile_q == kDecodeTileQ ? 8 : 2);
+  if (2 * ctas > target) return 1;
   const int64_t k_tiles = (p.shape.seqlen_k + kPlanTileKV - 1) / kPlanTileKV;
-  int64_t splits = (2 * sms + ctas - 1) / ctas;
+  int64_t splits = (target + ctas - 1) / ctas;
   if (splits > k_tiles / 4) splits = k_tiles / 4;
   if (splits > kMaxSplits) splits = kMaxSplits;
   const int64_t rows = int64_t(p.shape.batch) * p.shape.heads * p.shape.seqlen_q;

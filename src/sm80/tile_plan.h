@@ -16,6 +16,7 @@
 namespace dmattn::sm80 {
 
 constexpr int kPlanTileQ = 128;
+constexpr int kDecodeTileQ = 16;  // the forward's query tile when Q <= 16 (inside one plan tile)
 constexpr int kPlanTileKV = 64;
 
 struct TilePlan {
