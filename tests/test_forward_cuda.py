@@ -268,3 +268,18 @@ def test_decode_tile_every_head_dim_bucket(Q, D):
     """Q <= 16 runs the one-warp 16-row tile (split along keys): every bucket, mask and bias on."""
     run_case(2, Q, 3000, 8, 2, D, mask_shape=(2, 2, 1, 3000), bias_shape=(2, 8, Q, 3000), causal=True,
              name=f"decode Q={Q} D={D}")
+
+
+@pytest.mark.parametrize("all_min", [False, True])
+def test_per_key_bias_at_finfo_min_stays_finite_in_the_log2_domain(all_min):
+    """A per-key bias runs in the log2 domain: finfo.min must saturate, not overflow to -inf (a row
+    whose every key is at finfo.min is a uniform average, not an empty row)."""
+    B, Q, K, H, D = 1, 40, 300, 2, 64
+    q, k, v = (torch.randn(B, n, H, D, device="cuda", dtype=torch.bfloat16) for n in (Q, K, K))
+    bias = torch.randn(B, H, 1, K, device="cuda", dtype=torch.bfloat16)
+    if all_min:
+        bias.fill_(torch.finfo(torch.bfloat16).min)
+    else:
+        bias[..., ::3] = torch.finfo(torch.bfloat16).min
+        bias[..., 1::7] = float("-inf")
+    check_tensors(q, k, v, None, bias, causal=False, name=f"finfo.min per-key all={all_min}")
