@@ -271,9 +271,10 @@ def test_decode_tile_every_head_dim_bucket(Q, D):
 
 
 @pytest.mark.parametrize("all_min", [False, True])
-def test_per_key_bias_at_finfo_min_stays_finite_in_the_log2_domain(all_min):
-    """A per-key bias runs in the log2 domain: finfo.min must saturate, not overflow to -inf (a row
-    whose every key is at finfo.min is a uniform average, not an empty row)."""
+def test_per_key_bias_at_finfo_min_is_a_finite_score(all_min):
+    """A per-key bias of finfo.min is an ordinary very negative score, never -inf on its way through
+    exp2 (a row whose every key is at finfo.min is a uniform average with lse near finfo.min, not an
+    empty row); -inf keys drop out."""
     B, Q, K, H, D = 1, 40, 300, 2, 64
     q, k, v = (torch.randn(B, n, H, D, device="cuda", dtype=torch.bfloat16) for n in (Q, K, K))
     bias = torch.randn(B, H, 1, K, device="cuda", dtype=torch.bfloat16)

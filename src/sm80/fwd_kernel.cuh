@@ -147,8 +147,6 @@ template <class Cfg, bool kHasMask, bool kHasBias>
 __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constant__ FwdParams params) {
   using Element = typename Cfg::Element;
   constexpr int kTileQ = Cfg::kTileQ, kTileKV = Cfg::kTileKV, kHeadDim = Cfg::kHeadDim;
-  // Small Q fragments stay in registers for the whole loop instead of being re-read every step.
-  constexpr bool kQInRegs = kTileQ == kPlanTileQ && kHeadDim <= 64;
   const FwdProblem& p = params.p;
   const Extents& s = p.shape;
   const Scoring& sc = p.scoring;
@@ -267,7 +265,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
   Tensor coord_s = make_tensor(tScS.data(), rows_cols(tScS.layout()));
   constexpr int kRows = size<0>(decltype(coord_s.layout()){});
   constexpr int kCols = size<1>(decltype(coord_s.layout()){});
-  OnlineSoftmax<kRows> softmax;
+  OnlineSoftmax<kRows, kHasBias> softmax;
 
   // Mask and bias tiles (score_tile.cuh); a key-broadcast operand is staged once, before the loop.
   const typename Cfg::BiasTile bias_tile(sc.bias, b, h, row0, s.seqlen_q);
@@ -306,15 +304,8 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
 
   const float softcap = sc.softcap;
   const float qk_scale = softcap > 0.f ? sc.scale / softcap : sc.scale;
-  constexpr float kLog2e = 1.4426950408889634f;
-  // The scores' domain (online_softmax.cuh): raw products with the scale folded into the exponent
-  // (no bias or softcap, scale > 0); log2 (a per-key bias, converted once per key); or natural (a
-  // per-element bias, shifted exactly; softcap or scale <= 0 without bias).
   const bool fold_scale = !kHasBias && softcap == 0.f && sc.scale > 0.f;
-  const bool bias_per_key = kHasBias && bias_pitch == 0;
-  const bool exact_shift = kHasBias && !bias_per_key;
-  const float softmax_mult_log2 = fold_scale ? sc.scale * kLog2e : bias_per_key ? 1.f : kLog2e;
-  const float max_to_natural = softmax_mult_log2 / kLog2e;
+  const float softmax_mult = fold_scale ? sc.scale : 1.f;  // scores reach the softmax as raw * this
   for (int i = step_begin; i < step_end; ++i) {
     const int e = step(i);
     const int tile = e >> 1, col0 = tile * kTileKV;
@@ -329,12 +320,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
 
     Tensor acc_s = partition_fragment_C(mma, Shape<Int<kTileQ>, Int<kTileKV>>{});
     clear(acc_s);
-    if constexpr (kQInRegs) {
-      if (i == step_begin) copy(smem_copy_q, tSsQ, tSrQ_view);  // Q has landed (waited above)
-      gemm_regs_smem(mma, acc_s, tSrQ, tSrK, tSsK, tSrK_view, smem_copy_k);
-    } else {
-      gemm_smem(mma, acc_s, tSrQ, tSrK, tSsQ, tSsK, tSrQ_view, tSrK_view, smem_copy_q, smem_copy_k);
-    }
+    gemm_smem(mma, acc_s, tSrQ, tSrK, tSsQ, tSsK, tSrQ_view, tSrK_view, smem_copy_q, smem_copy_k);
 
     // Raw products -> scores, reading the staged mask and bias before the next step's loads replace
     // them. Without bias or softcap (and scale > 0) the scale is folded into the softmax's exponent
@@ -346,13 +332,13 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
       mult = 1.f;
     }
     Tensor scores = make_tensor(acc_s.data(), rows_cols(acc_s.layout()));  // (rows, cols)
-    // checked: bounds, causal and mask; scaled: multiply by mult; per_key_bias: the bias is one row
+    // checked: bounds, causal and mask; scaled: multiply by mult; bias_per_key: the bias is one row
     // (broadcast over queries), read once per column instead of once per element.
-    auto to_scores = [&](auto checked, auto scaled, auto per_key_bias) {
+    auto to_scores = [&](auto checked, auto scaled, auto bias_per_key) {
       float bias_col[kCols];
-      if constexpr (kHasBias && decltype(per_key_bias)::value) {  // log2 domain
+      if constexpr (kHasBias && decltype(bias_per_key)::value) {
         CUTE_UNROLL
-        for (int c = 0; c < kCols; ++c) bias_col[c] = bias_to_log2(static_cast<float>(smem_bias[get<1>(coord_s(0, c))]));
+        for (int c = 0; c < kCols; ++c) bias_col[c] = static_cast<float>(smem_bias[get<1>(coord_s(0, c))]);
       }
       CUTE_UNROLL
       for (int r = 0; r < kRows; ++r) {
@@ -364,7 +350,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
           float x = scores(r, c);
           if constexpr (decltype(scaled)::value) x *= mult;
           if constexpr (kHasBias) {
-            if constexpr (decltype(per_key_bias)::value) x += bias_col[c];
+            if constexpr (decltype(bias_per_key)::value) x += bias_col[c];
             else x += static_cast<float>(smem_bias[tr * Cfg::BiasTile::kPitch + tc]);
           }
           if constexpr (decltype(checked)::value) {
@@ -386,8 +372,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
     using Yes = std::true_type;
     using No = std::false_type;
     if constexpr (kHasBias) {
-      if (bias_per_key) {
-        mult *= kLog2e;  // scores in the log2 domain
+      if (bias_pitch == 0) {
         if (check) to_scores(Yes{}, Yes{}, Yes{});
         else to_scores(No{}, Yes{}, Yes{});
       } else {
@@ -405,8 +390,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
     __syncthreads();
     if (i + 1 < step_end) load_key_side(step(i + 1));
 
-    if (exact_shift) softmax.template update<true>(scores, acc_o, softmax_mult_log2);
-    else softmax.template update<false>(scores, acc_o, softmax_mult_log2);
+    softmax.update(scores, acc_o, softmax_mult);
     // P in the input dtype, laid out as the A operand of P V.
     Tensor probs = convert_fragment<Element>(acc_s);
     Tensor tOrP = make_tensor(probs.data(), acc_as_a_operand(probs.layout()));
@@ -417,7 +401,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
   cp_async_wait<0>();
   __syncthreads();  // nothing reads sQ or sV any more, and no load into them is in flight
   float row_inv[kRows], row_lse[kRows];
-  softmax.finish(row_inv, row_lse, max_to_natural);
+  softmax.finish(row_inv, row_lse, softmax_mult);
   Tensor out_rows = make_tensor(acc_o.data(), rows_cols(acc_o.layout()));
   if (n_splits > 1) {
     // A split's partial result: fp32, normalized by its own sum, with its own lse (split_kv.h).

@@ -1,7 +1,8 @@
 // online_softmax.cuh: the running row max and row sum of a streamed softmax, for the rows one thread
 // holds of an mma.sync m16n8 accumulator (each row is spread over the 4 lanes of a quad).
-// exp runs as exp2 on the SFU; a bias of finfo.min never overflows to -inf on its way to the log2
-// domain, and fully masked rows (all -inf) keep a reference of 0 so no inf - inf appears. Rows that kept nothing end with out = 0 and
+// Scores stay in the natural domain: exp(x - max) is computed as exp2((x - max) * log2 e), so a bias
+// of finfo.min never overflows to -inf on its way (x * log2 e would), and fully masked rows (all
+// -inf) keep a reference of 0 so no inf - inf appears. Rows that kept nothing end with out = 0 and
 // lse = -inf.
 #pragma once
 
@@ -30,25 +31,14 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-// A bias value in the log2 domain (b * log2 e) without overflowing a finite value to -inf: a bias
-// below -2.4e38 (finfo.min is -3.4e38) saturates at -FLT_MAX and stays an ordinary very negative
-// score; -inf stays -inf (dropped). Applied once per key for a per-key bias.
-__device__ __forceinline__ float bias_to_log2(float b) {
-  constexpr float kLog2e = 1.4426950408889634f;
-  const float y = b * kLog2e;
-  return isinf(y) && !isinf(b) ? copysignf(3.402823466e38f, b) : y;
-}
-
-// Running max and sum of kRows rows per thread. Scores arrive as x with exp(score) = exp2(x * m),
-// where m ("mult_log2") is log2 e for natural-domain scores, scale * log2 e when the softmax scale is
-// folded in, or 1 for scores already in the log2 domain.
-//   update<false>: one fused multiply-add per element, exp2(x * m - max * m).
-//   update<true> (natural domain only): exp2((x - max) * log2 e), for scores that may sit near the
-//   float limits (a per-element bias of finfo.min), where x * log2 e would overflow.
-template <int kRows>
+// kRows rows per thread. Scores arrive as s / mult (mult > 0: the softmax scale folded into the
+// exponent, or 1). kExactShift: subtract the max before scaling by log2 e (needed when scores may be
+// near the float limits, i.e. with a bias, and then mult is 1); otherwise one fused multiply-add per
+// element.
+template <int kRows, bool kExactShift>
 struct OnlineSoftmax {
   static constexpr float kLog2e = 1.4426950408889634f;
-  float row_max[kRows];  // in the scores' own domain
+  float row_max[kRows];
   float row_sum[kRows];  // this thread's partial sums (reduced over the quad in finish)
 
   __device__ OnlineSoftmax() {
@@ -60,8 +50,9 @@ struct OnlineSoftmax {
   }
 
   // scores (rows, cols) -> exp(score - running max) in place; out (acc layout) rescaled to the new max.
-  template <bool kExactShift, class Scores, class Out>
-  __device__ __forceinline__ void update(Scores& scores, Out& out, float mult_log2) {
+  template <class Scores, class Out>
+  __device__ __forceinline__ void update(Scores& scores, Out& out, float mult) {
+    const float mult_log2 = mult * kLog2e;
     auto out_rows = cute::make_tensor(out.data(), rows_cols(out.layout()));
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
@@ -87,14 +78,13 @@ struct OnlineSoftmax {
     }
   }
 
-  // Per row: the factor that normalizes the output (0 for a row that kept nothing) and its natural
-  // log-sum-exp; max_to_natural turns a running max into the natural domain (m / log2 e).
-  __device__ __forceinline__ void finish(float (&inv)[kRows], float (&lse)[kRows], float max_to_natural) {
+  // Per row: the factor that normalizes the output (0 for a row that kept nothing) and its lse.
+  __device__ __forceinline__ void finish(float (&inv)[kRows], float (&lse)[kRows], float mult) {
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
       const float sum = quad_sum(row_sum[r]);
       inv[r] = sum > 0.f ? 1.f / sum : 0.f;
-      lse[r] = sum > 0.f ? row_max[r] * max_to_natural + logf(sum) : -INFINITY;
+      lse[r] = sum > 0.f ? row_max[r] * mult + logf(sum) : -INFINITY;
     }
   }
 };
