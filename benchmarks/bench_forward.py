@@ -160,6 +160,7 @@ def sparse_rows(group, name, B, H, H_kv, L, D, w, form, with_peers=True):
         return out
     ms, note = timed(ours(q, k, v, causal=True))
     out.append(row(group, label, "ours dense causal", ms, dense_kept, D, 1.0, note))
+    with_sparse_bound(out, ms)
     ms, note = timed(sdpa(q, k, v, SDPBackend.FLASH_ATTENTION, causal=True))
     out.append(row(group, label, "sdpa-flash dense causal", ms, dense_kept, D, 1.0, note))
     try:
@@ -188,10 +189,28 @@ def group_sparse(quick):
 
 def group_sweep(quick):
     L, out = 16384 if not quick else 8192, []
+    B, H, D = 1, 8, 128
+    q, k, v = qkv(B, L, L, H, H, D)
+    ms, note = timed(ours(q, k, v, causal=True))
+    dense = row("sweep", f"B={B} H={H} H_kv={H} L={L} D={D}", "ours dense causal", ms, kept_pairs(None, L, L, True) * B * H,
+                D, 1.0, note)
+    del q, k, v
     for frac in (1.0, 0.5, 0.25, 0.125, 0.06, 0.03, 0.015):
-        out += sparse_rows("sweep", f"B=1 H=8 H_kv=8 L={L} D=128", 1, 8, 8, L, 128, max(64, int(frac * L)), "row",
+        out += sparse_rows("sweep", f"B={B} H={H} H_kv={H} L={L} D={D}", B, H, H, L, D, max(64, int(frac * L)), "row",
                            with_peers=False)
-    return out
+    return [dense] + with_sparse_bound(out, dense["ms"])
+
+
+def with_sparse_bound(rows, dense_causal_ms):
+    """Notes on each sparse row the issue-3 bound: 1.35 x density x our dense causal time + the
+    schedule build (the same call with a mask keeping nothing), and whether the row is within it."""
+    schedule = {r["config"]: r["ms"] for r in rows if r["system"].startswith("ours schedule") and r["ms"]}
+    for r in rows:
+        if r["system"] == "ours sparse" and r["ms"] and dense_causal_ms and r["config"] in schedule:
+            bound = 1.35 * r["density"] * dense_causal_ms + schedule[r["config"]]
+            r["bound_ms"] = bound
+            r["note"] = (r["note"] + f" bound {bound:.3f} ms: {'within' if r['ms'] <= bound else 'OVER'}").strip()
+    return rows
 
 
 def group_decode(quick):
@@ -230,16 +249,24 @@ def write(results, out_dir: Path, meta):
 
 
 def plot_sweep(sweep, path, plt):
-    """Time against measured density: our sparse forward, its schedule build alone, and the line
-    through the origin and the full-density point (time proportional to what is kept)."""
+    """Time against measured density: our sparse forward, its schedule build alone, density x our
+    dense causal time, and issue 3's bound (1.35 x that + the schedule build)."""
     sparse = sorted((r for r in sweep if r["system"] == "ours sparse"), key=lambda r: r["density"])
     schedule = [r["ms"] for r in sweep if r["system"].startswith("ours schedule")]
     if not sparse:
         return
+    dense = [r["ms"] for r in sweep if r["system"] == "ours dense causal"]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([r["density"] for r in sparse], [r["ms"] for r in sparse], "o-", label="ours (sparse)")
     full = sparse[-1]
-    ax.plot([0, full["density"]], [0, full["ms"]], "--", color="gray", label="time proportional to density")
+    if dense:  # our dense causal time, scaled by density; and the issue's bound above it
+        ax.plot([0, 1], [0, dense[0]], "--", color="gray", label="density x our dense causal")
+        if schedule:
+            sched = sum(schedule) / len(schedule)
+            ax.plot([0, 1], [sched, sched + 1.35 * dense[0]], "-.", color="tab:red",
+                    label="bound: 1.35 x that + schedule build")
+    else:
+        ax.plot([0, full["density"]], [0, full["ms"]], "--", color="gray", label="time proportional to density")
     if schedule:
         ax.axhline(sum(schedule) / len(schedule), color="tab:orange", linestyle=":",
                    label="schedule build alone (mask keeping nothing)")

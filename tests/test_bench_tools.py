@@ -63,3 +63,36 @@ def test_kept_pairs_of_a_per_key_mask_match_the_dense_count(causal):
     full = sm.causal_pairs(Q, K) if causal else Q * K
     assert sm.density(keep, Q, K, causal) == pytest.approx(int(dense.sum()) / (6 * full))
 
+
+
+def _bench_forward():
+    import bench_forward  # benchmarks/ is on sys.path above
+    return bench_forward
+
+
+def _row(config, system, ms, density):
+    return {"group": "sweep", "config": config, "system": system, "ms": ms, "density": density, "note": ""}
+
+
+def test_sparse_bound_is_density_times_dense_plus_schedule_and_flags_rows_over_it():
+    bf = _bench_forward()
+    rows = [_row("a", "ours sparse", 1.5, 0.5), _row("a", "ours schedule only (empty mask)", 0.2, 0.0),
+            _row("b", "ours sparse", 1.6, 0.5), _row("b", "ours schedule only (empty mask)", 0.2, 0.0),
+            _row("c", "ours sparse", 1.0, 0.5)]  # no schedule row: no bound claimed
+    bf.with_sparse_bound(rows, dense_causal_ms=2.0)
+    assert rows[0]["bound_ms"] == pytest.approx(1.35 * 0.5 * 2.0 + 0.2)
+    assert rows[0]["note"].endswith("within") and rows[2]["note"].endswith("OVER")
+    assert "bound_ms" not in rows[4]
+
+
+def test_sweep_plot_is_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bf = _bench_forward()
+    sweep = [_row("x w=64", "ours sparse", 0.3, 0.1), _row("x w=640", "ours sparse", 1.2, 0.9),
+             _row("x w=64", "ours schedule only (empty mask)", 0.1, 0.0), _row("x", "ours dense causal", 1.3, 1.0)]
+    bf.plot_sweep(sweep, tmp_path / "sweep.png", plt)
+    assert (tmp_path / "sweep.png").stat().st_size > 1000
