@@ -14,6 +14,8 @@
 #   JOBS              build parallelism (default: nproc)
 #   GPU_CHECK_TESTS   test paths to run (default: tests)
 #   GPU_CHECK_FORWARD forward benchmark (benchmarks/bench_forward.py): quick (default), full or skip
+#   GPU_CHECK_PROFILE 1: Nsight Compute on one dense D=128 forward (benchmarks/profile_forward.py),
+#                     its speed-of-light, occupancy and warp-stall sections into the summary
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${1:-${OUT:-$PWD/gpu-check}}
@@ -88,6 +90,17 @@ if [ "$FORWARD" != skip ]; then
   cp "$SCRATCH/forward/sweep.png" "$RESULTS/sweep.png" 2>/dev/null
 fi
 
+if [ "${GPU_CHECK_PROFILE:-0}" = 1 ]; then
+  step "profile: ncu on the forward kernel"
+  if command -v ncu > /dev/null; then
+    ncu --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
+      -k regex:fwd_kernel -c 1 $PY benchmarks/profile_forward.py --D 128 --reps 1 > "$SCRATCH/profile.txt" 2>&1
+    tail -80 "$SCRATCH/profile.txt"
+  else
+    echo "ncu not found" | tee "$SCRATCH/profile.txt"
+  fi
+fi
+
 {
   echo "# GPU check: $(date -u +%Y-%m-%d) on $GPU"
   echo
@@ -101,6 +114,7 @@ fi
   echo '## python -m flash_dmattn'; echo '```'; cat "$SCRATCH/info.txt"; echo '```'
   echo '## python -m flash_dmattn bench'; echo '```'; cat "$RESULTS/bench.txt"; echo '```'
   echo '## Host overhead (benchmarks/bench_overhead.py)'; echo '```'; cat "$RESULTS/overhead.txt"; echo '```'
+  [ -f "$SCRATCH/profile.txt" ] && [ "${GPU_CHECK_PROFILE:-0}" = 1 ] && { echo '## Nsight Compute, one dense D=128 forward'; echo '```'; tail -80 "$SCRATCH/profile.txt"; echo '```'; }
   [ -f "$RESULTS/forward.txt" ] && { echo '## Forward against the peers (benchmarks/bench_forward.py)'; echo '```'; cat "$RESULTS/forward.txt"; echo '```'; }
 } > "$RESULTS/summary.md"
 
