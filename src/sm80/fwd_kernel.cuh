@@ -21,6 +21,7 @@
 #include "family/problem.h"
 #include "sm80/fragments.cuh"
 #include "sm80/fwd_launch.h"
+#include "sm80/launch_status.h"
 #include "sm80/online_softmax.cuh"
 #include "sm80/score_tile.cuh"
 #include "sm80/tile_plan.h"
@@ -484,12 +485,7 @@ dmattn_status launch_fwd_variant(const FwdParams& params, char* msg, size_t msg_
   }
   dim3 grid((p.shape.seqlen_q + Cfg::kTileQ - 1) / Cfg::kTileQ * params.split.splits, p.shape.heads, p.shape.batch);
   kernel<<<grid, Cfg::kThreads, smem, static_cast<cudaStream_t>(p.launch.stream)>>>(params);
-  err = cudaGetLastError();
-  if (err != cudaSuccess) {
-    snprintf(msg, msg_len, "forward kernel launch failed: %s", cudaGetErrorString(err));
-    return DMATTN_STATUS_CUDA_ERROR;
-  }
-  return DMATTN_STATUS_SUCCESS;
+  return launch_status("forward kernel", msg, msg_len);
 }
 
 }  // namespace dmattn::sm80

@@ -5,8 +5,8 @@
 #include <cutlass/numeric_types.h>
 
 #include <cmath>
-#include <cstdio>
 
+#include "sm80/launch_status.h"
 #include "sm80/split_kv.h"
 
 namespace dmattn::sm80 {
@@ -56,12 +56,7 @@ dmattn_status combine_splits(const FwdProblem& p, const SplitKV& split, char* ms
   cudaStream_t stream = static_cast<cudaStream_t>(p.launch.stream);
   if (p.dtype == DType::kF16) combine_splits_kernel<cutlass::half_t><<<grid, kWarps * 32, 0, stream>>>(p, split);
   else combine_splits_kernel<cutlass::bfloat16_t><<<grid, kWarps * 32, 0, stream>>>(p, split);
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) {
-    std::snprintf(msg, msg_len, "split-KV combine kernel launch failed: %s", cudaGetErrorString(err));
-    return DMATTN_STATUS_CUDA_ERROR;
-  }
-  return DMATTN_STATUS_SUCCESS;
+  return launch_status("split-KV combine kernel", msg, msg_len);
 }
 
 }  // namespace dmattn::sm80

@@ -4,8 +4,8 @@
 // order, into the plan row.
 #include <cuda_runtime_api.h>
 
-#include <cstdio>
 
+#include "sm80/launch_status.h"
 #include "sm80/tile_plan.h"
 
 namespace dmattn::sm80 {
@@ -123,12 +123,7 @@ dmattn_status build_tile_plan(const FwdProblem& p, const TilePlan& plan, char* m
   } else {
     build_tile_plan_kernel<2><<<grid, kThreads, 0, stream>>>(p.scoring.mask, p.shape.seqlen_q, p.shape.seqlen_k, plan);
   }
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) {
-    std::snprintf(msg, msg_len, "tile plan kernel launch failed: %s", cudaGetErrorString(err));
-    return DMATTN_STATUS_CUDA_ERROR;
-  }
-  return DMATTN_STATUS_SUCCESS;
+  return launch_status("tile plan kernel", msg, msg_len);
 }
 
 }  // namespace dmattn::sm80
