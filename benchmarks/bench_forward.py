@@ -107,7 +107,10 @@ def group_bias(quick):
         keep = torch.ones(B, H_kv, 1, L, device="cuda", dtype=torch.bool)
         kept = kept_pairs(None, L, L, True) * B * H
         name = f"per-key bias L={L} D={D} H={H} H_kv={H_kv}"
+        # bias alone and mask alone say which of the two costs what.
         for system, fn in (("ours dense causal", ours(q, k, v, causal=True)),
+                           ("ours bias causal", ours(q, k, v, None, bias, True)),
+                           ("ours mask causal", ours(q, k, v, keep, None, True)),
                            ("ours bias+mask causal", ours(q, k, v, keep, bias, True))):
             ms, note = timed(fn)
             out.append(row("bias", name, system, ms, kept, D, 1.0, note))

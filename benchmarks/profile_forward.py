@@ -1,7 +1,7 @@
 """Runs one forward configuration a few times, for a profiler to look at (nothing is timed here).
 
   python benchmarks/profile_forward.py [--D 128] [--L 4096] [--B 2] [--H 16] [--H_kv 16] [--causal]
-                                       [--mask per-key|per-query] [--bias per-key|per-query] [--reps 3]
+                                       [--mask per-key|per-query|all-true] [--bias per-key|per-query] [--reps 3]
 
 Under Nsight Compute, for the forward kernel's stall reasons and pipe utilization:
 
@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--H", type=int, default=16)
     ap.add_argument("--H_kv", type=int, default=None, help="default: H")
     ap.add_argument("--causal", action="store_true")
-    ap.add_argument("--mask", choices=("per-key", "per-query"), default=None)
+    ap.add_argument("--mask", choices=("per-key", "per-query", "all-true"), default=None)
     ap.add_argument("--bias", choices=("per-key", "per-query"), default=None)
     ap.add_argument("--reps", type=int, default=3)
     a = ap.parse_args()
@@ -45,6 +45,8 @@ def main() -> None:
     mask = None
     if a.mask == "per-key":
         mask = topw_key_blocks(score, a.L // 2)
+    elif a.mask == "all-true":  # a per-key mask keeping every key: the mask path's own cost
+        mask = torch.ones(a.B, H_kv, 1, a.L, device="cuda", dtype=torch.bool)
     elif a.mask == "per-query":
         mask = topw_row_blocks(score, a.L // 2, a.L, causal=a.causal)
     bias = None

@@ -168,11 +168,11 @@ def test_repeat_runs_are_bitwise_equal():
 
 # ---- The schedule: tile plans with empty, partial and full tiles (128-query x 64-key tiles) ----
 
-def check_tensors(q, k, v, mask, bias, *, causal, name, softcap=0.0):
+def check_tensors(q, k, v, mask, bias, *, causal, name, softcap=0.0, scale=None):
     """Runs the kernel on the given (possibly strided) CUDA tensors and compares with the oracle."""
     B, Q, H, D = q.shape
     require_kernel(q.dtype, D)
-    scale = D ** -0.5
+    scale = D ** -0.5 if scale is None else scale
     out = torch.full_like(q, float("nan"))
     lse = torch.full((B, H, Q), float("nan"), device="cuda", dtype=torch.float32)
     cuda_backend.fwd(q, k, v, mask, bias, out, lse, scale, causal, softcap)
@@ -284,3 +284,34 @@ def test_per_key_bias_at_finfo_min_is_a_finite_score(all_min):
         bias[..., ::3] = torch.finfo(torch.bfloat16).min
         bias[..., 1::7] = float("-inf")
     check_tensors(q, k, v, None, bias, causal=False, name=f"finfo.min per-key all={all_min}")
+
+
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("operands", ["none", "mask", "bias", "mask+bias"])
+@pytest.mark.parametrize("scale,softcap", [(None, 0.0), (0.0, 0.0), (-0.2, 0.0), (None, 25.0), (-0.2, 25.0)])
+def test_score_forms_fast_and_general(scale, softcap, operands, D):
+    """Each kernel has a fast form (no softcap; scale > 0 folded into the exponent when no bias is
+    added) and a general one (softcap, or a scale <= 0 without bias): both against the oracle, with
+    and without a mask and a bias, over several key steps."""
+    B, Q, K, H, H_kv = 1, 200, 333, 4, 2
+    q = torch.randn(B, Q, H, D, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(B, K, H_kv, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    mask = block_mask(B, H_kv, Q, K, seed=11) if "mask" in operands else None
+    bias = torch.randn(B, H, 1, K, device="cuda", dtype=torch.bfloat16) if "bias" in operands else None
+    check_tensors(q, k, v, mask, bias, causal=False, softcap=softcap, scale=scale,
+                  name=f"scale={scale} softcap={softcap} {operands} D={D}")
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_running_max_rising_late_rescales_the_output(with_bias):
+    """Later keys score far higher than earlier ones, so the running max rises step after step for
+    some rows and holds for others: the output must be rescaled exactly when it rises (the kernel
+    skips the rescale in warps where no row's max moved)."""
+    B, Q, K, H, D = 2, 256, 1500, 2, 128
+    q = torch.randn(B, Q, H, D, device="cuda", dtype=torch.bfloat16)
+    ramp = torch.linspace(0.2, 3.0, K, device="cuda").view(1, K, 1, 1)
+    k = (torch.randn(B, K, H, D, device="cuda") * ramp).to(torch.bfloat16)
+    q[:, 1::2] *= 0.05  # odd rows: nearly flat scores, their max settles early
+    v = torch.randn(B, K, H, D, device="cuda", dtype=torch.bfloat16)
+    bias = torch.randn(B, H, 1, K, device="cuda", dtype=torch.bfloat16) if with_bias else None
+    check_tensors(q, k, v, None, bias, causal=False, name=f"rising max bias={with_bias}")

@@ -30,21 +30,28 @@ namespace dmattn::sm80 {
 
 using namespace cute;
 
-// Tile shapes, layouts and copy atoms for one (dtype, head-dim bucket, query tile). Query tiles of
-// 128 rows (the tile plan's), 4 warps up to D = 128 and 8 beyond, so the output accumulator stays at
-// 128 floats per thread; or, for Q <= 16 (decode), 16 rows and one warp, so a single query row does
-// not pay for 128 (split-KV then fills the GPU with many small CTAs).
-template <typename Element_, int kHeadDim_, int kTileQ_>
+// Keys per step of the score loop: a whole plan tile, or half of one for D in (64, 128] with a mask,
+// where a 64-key score tile next to the 128-float output accumulator and the plan bookkeeping spill
+// registers (measured on an H200, D = 128 causal: mask 1.2x and mask + bias 1.6x slower at 64 keys;
+// no mask 2% and bias alone 10% faster). Fewer, wider steps pay the per-step costs (barriers, softmax
+// row reductions, output rescale) half as often.
+constexpr int fwd_key_step(int head_dim, int tile_q, bool has_mask) {
+  return has_mask && tile_q == kPlanTileQ && head_dim > 64 && head_dim <= 128 ? kPlanTileKV / 2 : kPlanTileKV;
+}
+
+// Tile shapes, layouts and copy atoms for one (dtype, head-dim bucket, query tile, key step). Query
+// tiles of 128 rows (the tile plan's), 4 warps up to D = 128 and 8 beyond, so the output accumulator
+// stays at 128 floats per thread; or, for Q <= 16 (decode), 16 rows and one warp, so a single query
+// row does not pay for 128 (split-KV then fills the GPU with many small CTAs).
+template <typename Element_, int kHeadDim_, int kTileQ_, int kTileKV_>
 struct FwdConfig {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kTileQ = kTileQ_;
+  static constexpr int kTileKV = kTileKV_;
   static_assert(kTileQ == kPlanTileQ || kTileQ == kDecodeTileQ, "the plan's 128 rows, or the decode tile");
   static_assert(kPlanTileQ % kTileQ == 0, "a query tile lies inside one plan tile");
-  // Key step: a whole plan tile, or half of one for D in (64, 128], where a 64-key score tile
-  // next to the 128-float output accumulator would spill registers.
-  static constexpr int kTileKV =
-      kTileQ == kPlanTileQ && kHeadDim > 64 && kHeadDim <= 128 ? kPlanTileKV / 2 : kPlanTileKV;
+  static_assert(kPlanTileKV % kTileKV == 0, "a key step lies inside one plan tile");
   // The decode tile is one warp's 16 rows.
   static constexpr int kWarps = kTileQ == kDecodeTileQ ? 1 : kHeadDim <= 128 ? 4 : 8;
   static constexpr int kThreads = kWarps * 32;
@@ -144,7 +151,15 @@ __device__ __forceinline__ float fast_tanh(float x) {
   return y;
 }
 
-template <class Cfg, bool kHasMask, bool kHasBias>
+// Scores the common case in fewer instructions: no softcap, and a positive scale when no bias is added
+// (the scale is then folded into the softmax's exponent). A runtime test of the softcap inside the
+// loop gets if-converted into predicated instructions that take issue slots on every step whether
+// they run or not (about 100 per 32-key step for D = 128), so the rare general case is its own kernel.
+__host__ __device__ constexpr bool fwd_general_scores(bool has_bias, float scale, float softcap) {
+  return softcap > 0.f || (!has_bias && !(scale > 0.f));
+}
+
+template <class Cfg, bool kHasMask, bool kHasBias, bool kGeneralScores>
 __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constant__ FwdParams params) {
   using Element = typename Cfg::Element;
   constexpr int kTileQ = Cfg::kTileQ, kTileKV = Cfg::kTileKV, kHeadDim = Cfg::kHeadDim;
@@ -269,46 +284,56 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
   OnlineSoftmax<kRows, kHasBias> softmax;
 
   // Mask and bias tiles (score_tile.cuh); a key-broadcast operand is staged once, before the loop.
-  const typename Cfg::BiasTile bias_tile(sc.bias, b, h, row0, s.seqlen_q);
+  // The bias tile, loaded every step, is built once; the mask tile, loaded only for partial plan
+  // tiles, is built where it loads and holds no registers through the loop.
+  using BiasTile = typename Cfg::BiasTile;
   const bool mask_bool = sc.mask_kind == MaskKind::kBool;
-  const typename Cfg::MaskTileBool mask_tile_bool(sc.mask, b, h, row0, s.seqlen_q);
-  const typename Cfg::MaskTileElem mask_tile_elem(sc.mask, b, h, row0, s.seqlen_q);
-  const int bias_pitch = bias_tile.read_pitch();
-  const int mask_pitch = mask_bool ? mask_tile_bool.read_pitch() : mask_tile_elem.read_pitch();
-  const bool mask_invariant = mask_tile_bool.invariant();
+  const int bias_pitch = BiasTile::read_pitch(sc.bias);
+  const int mask_pitch = mask_bool ? Cfg::MaskTileBool::read_pitch(sc.mask) : Cfg::MaskTileElem::read_pitch(sc.mask);
+  const BiasTile bias_tile(sc.bias, b, h, row0, s.seqlen_q);
+  auto load_bias = [&](int col0) { bias_tile.load(smem_bias, col0, s.seqlen_k - col0, tid); };
   auto load_mask = [&](int col0) {
-    if (mask_bool) mask_tile_bool.load(reinterpret_cast<uint8_t*>(smem_mask), col0, s.seqlen_k - col0, tid);
-    else mask_tile_elem.load(reinterpret_cast<Element*>(smem_mask), col0, s.seqlen_k - col0, tid);
+    if (mask_bool) {
+      typename Cfg::MaskTileBool(sc.mask, b, h, row0, s.seqlen_q)
+          .load(reinterpret_cast<uint8_t*>(smem_mask), col0, s.seqlen_k - col0, tid);
+    } else {
+      typename Cfg::MaskTileElem(sc.mask, b, h, row0, s.seqlen_q)
+          .load(reinterpret_cast<Element*>(smem_mask), col0, s.seqlen_k - col0, tid);
+    }
   };
   // K, and the mask and bias tiles that change with the key tile, for step e.
   auto load_key_side = [&](int e) {
     const int tile = e >> 1, col0 = tile * kTileKV;
     load_tile(gmem_copy, tKgK(_, _, _, tile), tKsK, tKcK, s.seqlen_k - col0, head_dim);
     if constexpr (kHasBias) {
-      if (!bias_tile.invariant()) bias_tile.load(smem_bias, col0, s.seqlen_k - col0, tid);
+      if (!BiasTile::invariant(sc.bias)) load_bias(col0);
     }
     if constexpr (kHasMask) {
-      if (!(e & 1) && !mask_invariant) load_mask(col0);
+      if (!(e & 1) && !Cfg::MaskTileBool::invariant(sc.mask)) load_mask(col0);
     }
     cp_async_fence();
   };
 
   load_tile(gmem_copy, tQgQ, tQsQ, tQcQ, s.seqlen_q - row0, head_dim);
   if constexpr (kHasBias) {
-    if (bias_tile.invariant()) bias_tile.load(smem_bias, 0, kTileKV, tid);
+    if (BiasTile::invariant(sc.bias)) load_bias(0);
   }
   if constexpr (kHasMask) {
-    if (mask_invariant) load_mask(0);
+    if (Cfg::MaskTileBool::invariant(sc.mask)) load_mask(0);
   }
-  if (step_begin < step_end) load_key_side(step(step_begin));
+  // The step after the current one, read from the plan a step ahead of its use.
+  int e_next = step_begin < step_end ? step(step_begin) : 0;
+  if (step_begin < step_end) load_key_side(e_next);
   else cp_async_fence();
 
-  const float softcap = sc.softcap;
+  // The fast form (kGeneralScores false) has no softcap, and without a bias a scale > 0 to fold.
+  const float softcap = kGeneralScores ? sc.softcap : 0.f;
   const float qk_scale = softcap > 0.f ? sc.scale / softcap : sc.scale;
-  const bool fold_scale = !kHasBias && softcap == 0.f && sc.scale > 0.f;
+  constexpr bool fold_scale = !kHasBias && !kGeneralScores;
   const float softmax_mult = fold_scale ? sc.scale : 1.f;  // scores reach the softmax as raw * this
   for (int i = step_begin; i < step_end; ++i) {
-    const int e = step(i);
+    const int e = e_next;
+    e_next = i + 1 < step_end ? step(i + 1) : 0;
     const int tile = e >> 1, col0 = tile * kTileKV;
     const bool full = e & 1;
     // Element-wise bounds, causal and mask work only where this tile needs it.
@@ -327,7 +352,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
     // them. Without bias or softcap (and scale > 0) the scale is folded into the softmax's exponent
     // and only steps that need masking touch the scores here.
     float mult = qk_scale;
-    if (softcap > 0.f) {
+    if (kGeneralScores && softcap > 0.f) {
       CUTE_UNROLL
       for (int k = 0; k < size(acc_s); ++k) acc_s(k) = softcap * fast_tanh(acc_s(k) * qk_scale);
       mult = 1.f;
@@ -380,7 +405,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
         if (check) to_scores(Yes{}, Yes{}, No{});
         else to_scores(No{}, Yes{}, No{});
       }
-    } else if (fold_scale) {
+    } else if constexpr (fold_scale) {
       if (check) to_scores(Yes{}, No{}, No{});
     } else {
       if (check) to_scores(Yes{}, Yes{}, No{});
@@ -389,7 +414,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
 
     cp_async_wait<0>();  // V has landed; every thread is done with K, mask and bias
     __syncthreads();
-    if (i + 1 < step_end) load_key_side(step(i + 1));
+    if (i + 1 < step_end) load_key_side(e_next);
 
     softmax.update(scores, acc_o, softmax_mult);
     // P in the input dtype, laid out as the A operand of P V.
@@ -472,12 +497,13 @@ cudaError_t allow_smem(Kernel kernel, int bytes, int device, std::atomic<uint64_
 
 template <typename Element, int kHeadDim, int kTileQ, bool kHasMask, bool kHasBias>
 dmattn_status launch_fwd_variant(const FwdParams& params, char* msg, size_t msg_len) {
-  using Cfg = FwdConfig<Element, kHeadDim, kTileQ>;
-  auto kernel = fwd_kernel<Cfg, kHasMask, kHasBias>;
-  constexpr int smem = Cfg::smem_bytes(kHasMask, kHasBias);
+  using Cfg = FwdConfig<Element, kHeadDim, kTileQ, fwd_key_step(kHeadDim, kTileQ, kHasMask)>;
   const FwdProblem& p = params.p;
-  static std::atomic<uint64_t> smem_allowed{0};  // one per variant: devices already configured
-  cudaError_t err = allow_smem(kernel, smem, p.launch.device, smem_allowed);
+  const bool general = fwd_general_scores(kHasBias, p.scoring.scale, p.scoring.softcap);
+  auto kernel = general ? fwd_kernel<Cfg, kHasMask, kHasBias, true> : fwd_kernel<Cfg, kHasMask, kHasBias, false>;
+  constexpr int smem = Cfg::smem_bytes(kHasMask, kHasBias);
+  static std::atomic<uint64_t> smem_allowed[2];  // per kernel: devices already configured
+  cudaError_t err = allow_smem(kernel, smem, p.launch.device, smem_allowed[general]);
   if (err != cudaSuccess) {
     snprintf(msg, msg_len, "forward kernel (head_dim bucket %d) needs %d bytes of shared memory: %s", kHeadDim, smem,
              cudaGetErrorString(err));

@@ -32,9 +32,9 @@ __device__ __forceinline__ float fast_exp2(float x) {
 }
 
 // kRows rows per thread. Scores arrive as s / mult (mult > 0: the softmax scale folded into the
-// exponent, or 1). kExactShift: subtract the max before scaling by log2 e (needed when scores may be
-// near the float limits, i.e. with a bias, and then mult is 1); otherwise one fused multiply-add per
-// element.
+// exponent, or 1). kExactShift: scores may be near the float limits (with a bias, and then mult is
+// 1), so rows whose max is too large in magnitude to scale by log2 e subtract it first; otherwise
+// one fused multiply-add per element.
 template <int kRows, bool kExactShift>
 struct OnlineSoftmax {
   static constexpr float kLog2e = 1.4426950408889634f;
@@ -54,6 +54,8 @@ struct OnlineSoftmax {
   __device__ __forceinline__ void update(Scores& scores, Out& out, float mult) {
     const float mult_log2 = mult * kLog2e;
     auto out_rows = cute::make_tensor(out.data(), rows_cols(out.layout()));
+    float rescale[kRows], row_ref[kRows], row_max_old[kRows];
+    bool moved = false;  // some row's max rose, so its output so far must be rescaled
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
       float tile_max = -INFINITY;
@@ -61,20 +63,51 @@ struct OnlineSoftmax {
       for (int c = 0; c < cute::size<1>(scores); ++c) tile_max = fmaxf(tile_max, scores(r, c));
       const float new_max = fmaxf(row_max[r], quad_max(tile_max));
       const float ref = new_max == -INFINITY ? 0.f : new_max;
-      const float rescale = fast_exp2((row_max[r] - ref) * mult_log2);
+      rescale[r] = fast_exp2((row_max[r] - ref) * mult_log2);  // exactly 1 when the max held
+      row_max_old[r] = row_max[r];
       row_max[r] = new_max;
-      const float ref_log2 = ref * mult_log2;
+      row_ref[r] = ref;
+      moved |= new_max != row_max_old[r];
+    }
+    // exp(x - ref) as one fused multiply-add, exp2(x * log2 e - ref * log2 e), unless ref * log2 e
+    // overflows (a row whose every kept score is below -FLT_MAX / log2 e, as with a bias of
+    // finfo.min): then the shift is exact, exp2((x - ref) * log2 e). A key alone at such a score
+    // in an ordinary row still gets exp2(-inf) = 0 from the fused form, its true weight in float.
+    bool exact = false;
+    if constexpr (kExactShift) {
+      CUTE_UNROLL
+      for (int r = 0; r < kRows; ++r) exact |= !(fabsf(row_ref[r] * mult_log2) <= 3.402823466e38f);
+      exact = __any_sync(0xffffffff, exact);
+    }
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      const float ref_log2 = row_ref[r] * mult_log2;
       float sum = 0.f;
-      CUTE_UNROLL
-      for (int c = 0; c < cute::size<1>(scores); ++c) {
-        const float e = kExactShift ? fast_exp2((scores(r, c) - ref) * kLog2e)
-                                    : fast_exp2(fmaf(scores(r, c), mult_log2, -ref_log2));
-        scores(r, c) = e;
-        sum += e;
+      if (kExactShift && exact) {
+        CUTE_UNROLL
+        for (int c = 0; c < cute::size<1>(scores); ++c) {
+          const float e = fast_exp2((scores(r, c) - row_ref[r]) * kLog2e);
+          scores(r, c) = e;
+          sum += e;
+        }
+      } else {
+        CUTE_UNROLL
+        for (int c = 0; c < cute::size<1>(scores); ++c) {
+          const float e = fast_exp2(fmaf(scores(r, c), mult_log2, -ref_log2));
+          scores(r, c) = e;
+          sum += e;
+        }
       }
-      row_sum[r] = row_sum[r] * rescale + sum;
+      row_sum[r] = row_sum[r] * rescale[r] + sum;
+    }
+    // Once the running maxima settle most steps move none in a warp; skipping the multiply then
+    // saves one instruction per output element (a warp-uniform branch, so it is not predicated).
+    if (__any_sync(0xffffffff, moved)) {
       CUTE_UNROLL
-      for (int c = 0; c < cute::size<1>(out_rows); ++c) out_rows(r, c) *= rescale;
+      for (int r = 0; r < kRows; ++r) {
+        CUTE_UNROLL
+        for (int c = 0; c < cute::size<1>(out_rows); ++c) out_rows(r, c) *= rescale[r];
+      }
     }
   }
 

@@ -7,6 +7,8 @@
 //   - broadcast over keys (K axis 1): the same for every key tile, so loaded once per CTA.
 // Rows are padded by one 16-byte vector so the score loop's reads (8 rows x 4 lanes per warp) hit
 // distinct banks. Entries outside the problem are 0: the kernel masks them by bounds anyway.
+// A ScoreTile is cheap to build from the view: a kernel that loads one rarely can build it where it
+// loads, so its pointer and strides hold no registers through the score loop.
 #pragma once
 
 #include <cute/arch/copy_sm80.hpp>
@@ -43,9 +45,9 @@ struct ScoreTile {
   }
 
   // Row pitch the score loop reads with: 0 repeats row 0 for every query.
-  __device__ int read_pitch() const { return per_query ? kPitch : 0; }
+  __device__ static int read_pitch(const ScoreView& v) { return v.shape[2] != 1 ? kPitch : 0; }
   // Loaded once per CTA (the same values for every key tile).
-  __device__ bool invariant() const { return !per_key; }
+  __device__ static bool invariant(const ScoreView& v) { return v.shape[3] == 1; }
 
   // Issues the loads of key tile [col0, col0 + kTileKV) (cols_valid of them inside the problem).
   // Vector loads are cp.async (the caller fences and waits); the rest are synchronous.

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# gpu_ab.sh: A/B kernel experiments in one GPU-machine call. Builds several variants of the library
+# side by side (each from a source tree and extra CUDA flags, for a kernel-table subset), checks each
+# with a test subset, and times each on the same forward benchmark groups, so versions are compared
+# in one run on one GPU (ci/gpu_check.sh stays the one command for the full check).
+#
+#   bash ci/gpu_ab.sh NAME=SRC[:CUDA_FLAGS] ...
+#
+#   NAME        a label (letters, digits, '-', '_')
+#   SRC         source tree: '.' for the working tree, or a copy of another commit, e.g. made with
+#               `mkdir -p .ab/base && git archive HEAD | tar -x -C .ab/base` (.ab/ is ignored; carry it)
+#   CUDA_FLAGS  extra nvcc flags, e.g. -DSOME_SWITCH=0 read by the kernel under test (spaces allowed, quote the argument)
+# Environment:
+#   AB_KERNELS  kernel-table rows (default "sm90:fwd:bf16:64;sm90:fwd:bf16:128"); per variant
+#               AB_KERNELS_<NAME> overrides it
+#   AB_TESTS    pytest arguments run against every variant (default: tests/test_forward_cuda.py -q -x);
+#               "skip" runs none
+#   AB_GROUPS   bench_forward.py groups (default dense,bias), always --quick
+#   AB_PROFILE  a variant name: Nsight Compute on its forward kernel (benchmarks/profile_forward.py), once
+#               per ';'-separated argument set in AB_PROFILE_ARGS (default "--D 128")
+# Results (logs, one table per variant) go to ${OUT:-./gpu-ab}.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+RESULTS=${OUT:-$ROOT/gpu-ab}
+SCRATCH=${SCRATCH:-/tmp/dmattn-ab}
+PY=${PYTHON:-python3}
+mkdir -p "$RESULTS" "$SCRATCH"
+[ $# -gt 0 ] || { echo "usage: $0 NAME=SRC[:CUDA_FLAGS] ..."; exit 2; }
+step() { printf '\n==== %s (t=%ss) ====\n' "$*" "$SECONDS"; }
+
+if [ -z "${CUTLASS_DIR:-}" ]; then
+  wheel=$(ls .whl/nvidia_cutlass-*.whl 2>/dev/null | head -1)
+  if [ -n "$wheel" ]; then
+    $PY -m pip install -q --no-deps --no-index --target "$SCRATCH/cutlass" "$wheel" || exit 1
+    export CUTLASS_DIR=$SCRATCH/cutlass/cutlass_library/source
+  fi
+fi
+
+names=()
+declare -A src flags
+for arg in "$@"; do
+  name=${arg%%=*}; rest=${arg#*=}
+  src[$name]=${rest%%:*}
+  flags[$name]=$([ "$rest" != "${rest#*:}" ] && echo "${rest#*:}" || true)
+  names+=("$name")
+done
+
+# Builds in parallel, the machine's cores shared between them.
+step "build ${names[*]}"
+jobs_each=$(( ($(nproc) + ${#names[@]} - 1) / ${#names[@]} ))
+for name in "${names[@]}"; do
+  kernels_var="AB_KERNELS_${name//-/_}"
+  kernels=${!kernels_var:-${AB_KERNELS:-sm90:fwd:bf16:64;sm90:fwd:bf16:128}}
+  (
+    cd "${src[$name]}" || exit 1
+    rm -rf "$SCRATCH/$name/site"
+    CMAKE_BUILD_PARALLEL_LEVEL=$jobs_each $PY -m pip install --no-build-isolation --no-deps --no-index \
+      --target "$SCRATCH/$name/site" -C build-dir="$SCRATCH/$name/build" -C cmake.define.CUTLASS_DIR="${CUTLASS_DIR:-}" \
+      -C "cmake.define.DMATTN_KERNELS=$kernels" -C "cmake.define.CMAKE_CUDA_FLAGS=${flags[$name]}" . \
+      > "$SCRATCH/$name.build.log" 2>&1
+    echo "$name: build rc $? at t=${SECONDS}s (kernels: $kernels; flags: ${flags[$name]:-none})"
+  ) &
+done
+wait
+failed=0
+for name in "${names[@]}"; do
+  if [ ! -d "$SCRATCH/$name/site/flash_dmattn" ]; then
+    echo "== $name: BUILD FAILED"; tail -30 "$SCRATCH/$name.build.log"; cp "$SCRATCH/$name.build.log" "$RESULTS/"; failed=1
+  fi
+done
+[ $failed -eq 0 ] || exit 1
+
+for name in "${names[@]}"; do
+  if [ "${AB_TESTS:-}" != skip ]; then
+    step "$name: tests"
+    (cd "${src[$name]}" && PYTHONPATH=$SCRATCH/$name/site $PY -m pytest ${AB_TESTS:-tests/test_forward_cuda.py -q -x} \
+      -p no:cacheprovider 2>&1 | tail -15 | tee "$RESULTS/$name.tests.txt")
+  fi
+  step "$name: bench_forward --quick --only ${AB_GROUPS:-dense,bias}"
+  PYTHONPATH=$SCRATCH/$name/site $PY benchmarks/bench_forward.py --quick --only "${AB_GROUPS:-dense,bias}" \
+    --out "$SCRATCH/$name.bench" > "$RESULTS/$name.bench.txt" 2>&1
+  grep -vE "^\s*\[|^$" "$RESULTS/$name.bench.txt" | tail -20
+done
+
+if [ -n "${AB_PROFILE:-}" ] && command -v ncu > /dev/null; then
+  IFS=';' read -ra configs <<< "${AB_PROFILE_ARGS:---D 128}"
+  for args in "${configs[@]}"; do
+    step "${AB_PROFILE}: ncu, profile_forward.py $args"
+    PYTHONPATH=$SCRATCH/${AB_PROFILE}/site ncu --section SpeedOfLight --section Occupancy --section WarpStateStats \
+      --section InstructionStats -k regex:fwd_kernel -c 1 $PY benchmarks/profile_forward.py $args --reps 1 \
+      >> "$RESULTS/${AB_PROFILE}.ncu.txt" 2>&1
+    grep -E "Duration|Issued Instructions  |Warp Cycles Per Issued|Local" "$RESULTS/${AB_PROFILE}.ncu.txt" | tail -4
+  done
+fi
+step "done"
