@@ -315,3 +315,17 @@ def test_running_max_rising_late_rescales_the_output(with_bias):
     v = torch.randn(B, K, H, D, device="cuda", dtype=torch.bfloat16)
     bias = torch.randn(B, H, 1, K, device="cuda", dtype=torch.bfloat16) if with_bias else None
     check_tensors(q, k, v, None, bias, causal=False, name=f"rising max bias={with_bias}")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.bfloat16])
+def test_tile_plan_reads_aligned_per_query_masks_a_group_of_tiles_per_warp(mask_dtype, causal):
+    """Per-query masks with 16-byte rows are classified a group of adjacent key tiles per warp (8 for
+    bool, 4 for 2-byte masks), the tiles past the last whole group one per warp: 25 key tiles mix
+    both, with empty, full and partial tiles in every group."""
+    B, Q, K, H, H_kv, D = 1, 300, 1600, 4, 2, 64
+    q = torch.randn(B, Q, H, D, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(B, K, H_kv, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    mask = block_mask(B, H_kv, Q, K, seed=12).to(mask_dtype)
+    assert mask.stride(-2) * mask.element_size() % 16 == 0
+    check_tensors(q, k, v, mask, None, causal=causal, name=f"grouped plan {mask_dtype} causal={causal}")

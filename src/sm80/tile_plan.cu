@@ -1,7 +1,7 @@
 // tile_plan.cu: builds the forward kernel's tile plan (tile_plan.h) in one pass over the keep-mask.
 // One CTA per (mask batch, mask head, query tile): each warp classifies key tiles (empty, partial,
-// full) with 16-byte loads where the mask allows them, then warp 0 compacts the kept tiles, in
-// order, into the plan row.
+// full) with 16-byte loads where the mask allows them, stopping as soon as a tile is known to be
+// partial, then warp 0 compacts the kept tiles, in order, into the plan row.
 #include <cuda_runtime_api.h>
 
 
@@ -52,11 +52,21 @@ __device__ int tile_state(const char* tile, int64_t row_bytes, int rows, int col
   Bits bits;
   if (vector_ok && cols == kPlanTileKV) {
     constexpr int kChunks = kPlanTileKV * kElemBytes / 16;  // per row
+    constexpr int kGroup = 4;                               // loads in flight per lane
     const int n = rows * kChunks;
-#pragma unroll 4
-    for (int i = lane; i < n; i += 32) {
-      const uint4 v = __ldg(reinterpret_cast<const uint4*>(tile + (i / kChunks) * row_bytes + (i % kChunks) * 16));
-      classify_chunk<kElemBytes>(v, bits);
+    for (int i0 = 0; i0 < n; i0 += 32 * kGroup) {
+#pragma unroll
+      for (int u = 0; u < kGroup; ++u) {
+        const int i = i0 + u * 32 + lane;
+        if (i < n) {
+          const uint4 v = __ldg(reinterpret_cast<const uint4*>(tile + (i / kChunks) * row_bytes + (i % kChunks) * 16));
+          classify_chunk<kElemBytes>(v, bits);
+        }
+      }
+      // A tile seen to keep some and drop some is partial whatever the rest holds: stop reading it.
+      // Masks chosen per row (top-k keys per query) make most tiles partial, and this skips most of
+      // their bytes; empty and full tiles are still read whole, as they must be.
+      if (__any_sync(0xffffffffu, bits.any) && !__all_sync(0xffffffffu, bits.all)) return 1;
     }
   } else {
     const int n = rows * cols;
@@ -69,6 +79,42 @@ __device__ int tile_state(const char* tile, int64_t row_bytes, int rows, int col
   const bool any = __any_sync(0xffffffffu, bits.any);
   const bool all = __all_sync(0xffffffffu, bits.all);
   return any ? (all ? 2 : 1) : 0;
+}
+
+// States of kGroupTiles adjacent full-width key tiles, classified together by one warp so that each
+// warp-wide load reads one mask row's 512 contiguous bytes (a tile's 64 keys are only 64 or 128
+// bytes of a row: one warp per tile reads short segments of many rows and reaches ~2 TB/s). Lane l
+// reads chunk l % kChunks of tile l / kChunks, for every row; the lanes of a tile then combine.
+template <int kElemBytes>
+struct TileGroup {
+  static constexpr int kChunks = kPlanTileKV * kElemBytes / 16;  // 16-byte chunks per tile row
+  static constexpr int kGroupTiles = 32 / kChunks;
+};
+
+template <int kElemBytes>
+__device__ int group_tile_state(const char* group, int64_t row_bytes, int rows, int lane) {
+  constexpr int kChunks = TileGroup<kElemBytes>::kChunks;
+  constexpr int kRowsInFlight = 4;
+  Bits bits;
+  const char* p = group + lane * 16;
+  for (int r0 = 0; r0 < rows; r0 += kRowsInFlight) {
+    uint4 v[kRowsInFlight];
+#pragma unroll
+    for (int u = 0; u < kRowsInFlight; ++u) {
+      if (r0 + u < rows) v[u] = __ldg(reinterpret_cast<const uint4*>(p + (r0 + u) * row_bytes));
+    }
+#pragma unroll
+    for (int u = 0; u < kRowsInFlight; ++u) {
+      if (r0 + u < rows) classify_chunk<kElemBytes>(v[u], bits);
+    }
+  }
+  // Combine the kChunks lanes of each tile (aligned groups of lanes).
+#pragma unroll
+  for (int offset = 1; offset < kChunks; offset *= 2) {
+    bits.any |= __shfl_xor_sync(0xffffffffu, bits.any, offset);
+    bits.all &= __shfl_xor_sync(0xffffffffu, bits.all, offset);
+  }
+  return bits.any ? (bits.all ? 2 : 1) : 0;
 }
 
 template <int kElemBytes>
@@ -90,7 +136,20 @@ __global__ void __launch_bounds__(kThreads) build_tile_plan_kernel(const ScoreVi
   int count = 0;  // warp 0's running count
   for (int chunk0 = 0; chunk0 < plan.k_tiles; chunk0 += kChunkTiles) {
     const int chunk_tiles = min(kChunkTiles, plan.k_tiles - chunk0);
-    for (int t = warp; t < chunk_tiles; t += kWarps) {
+    // Whole groups of full-width tiles (per-query masks with 16-byte rows): one warp per group.
+    constexpr int kGroupTiles = TileGroup<kElemBytes>::kGroupTiles;
+    int grouped = 0;
+    if (vector_ok && per_query) {
+      const int full_tiles = min(chunk_tiles, (seqlen_k - chunk0 * kPlanTileKV) / kPlanTileKV);
+      grouped = full_tiles / kGroupTiles * kGroupTiles;
+      for (int g = warp * kGroupTiles; g < grouped; g += kWarps * kGroupTiles) {
+        const char* group = base + int64_t(chunk0 + g) * kPlanTileKV * kElemBytes;
+        const int state = group_tile_state<kElemBytes>(group, row_bytes, rows, lane);
+        if (lane % TileGroup<kElemBytes>::kChunks == 0) states[g + lane / TileGroup<kElemBytes>::kChunks] = state;
+      }
+    }
+    // The rest one warp per tile.
+    for (int t = grouped + warp; t < chunk_tiles; t += kWarps) {
       const int col0 = (chunk0 + t) * kPlanTileKV;
       const int cols = per_key ? min(kPlanTileKV, seqlen_k - col0) : 1;
       const char* tile = base + (per_key ? int64_t(col0) * kElemBytes : 0);
