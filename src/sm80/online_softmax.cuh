@@ -8,6 +8,7 @@
 
 #include <cute/tensor.hpp>
 
+#include <cfloat>
 #include <cmath>
 
 #include "sm80/fragments.cuh"
@@ -54,7 +55,7 @@ struct OnlineSoftmax {
   __device__ __forceinline__ void update(Scores& scores, Out& out, float mult) {
     const float mult_log2 = mult * kLog2e;
     auto out_rows = cute::make_tensor(out.data(), rows_cols(out.layout()));
-    float rescale[kRows], row_ref[kRows], row_max_old[kRows];
+    float rescale[kRows], row_ref[kRows];
     bool moved = false;  // some row's max rose, so its output so far must be rescaled
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
@@ -64,10 +65,9 @@ struct OnlineSoftmax {
       const float new_max = fmaxf(row_max[r], quad_max(tile_max));
       const float ref = new_max == -INFINITY ? 0.f : new_max;
       rescale[r] = fast_exp2((row_max[r] - ref) * mult_log2);  // exactly 1 when the max held
-      row_max_old[r] = row_max[r];
+      moved |= new_max != row_max[r];
       row_max[r] = new_max;
       row_ref[r] = ref;
-      moved |= new_max != row_max_old[r];
     }
     // exp(x - ref) as one fused multiply-add, exp2(x * log2 e - ref * log2 e), unless ref * log2 e
     // overflows (a row whose every kept score is below -FLT_MAX / log2 e, as with a bias of
@@ -76,7 +76,7 @@ struct OnlineSoftmax {
     bool exact = false;
     if constexpr (kExactShift) {
       CUTE_UNROLL
-      for (int r = 0; r < kRows; ++r) exact |= !(fabsf(row_ref[r] * mult_log2) <= 3.402823466e38f);
+      for (int r = 0; r < kRows; ++r) exact |= !(fabsf(row_ref[r] * mult_log2) <= FLT_MAX);
       exact = __any_sync(0xffffffff, exact);
     }
     CUTE_UNROLL

@@ -137,7 +137,7 @@ __global__ void __launch_bounds__(kThreads) build_tile_plan_kernel(const ScoreVi
   for (int chunk0 = 0; chunk0 < plan.k_tiles; chunk0 += kChunkTiles) {
     const int chunk_tiles = min(kChunkTiles, plan.k_tiles - chunk0);
     // Whole groups of full-width tiles (per-query masks with 16-byte rows): one warp per group.
-    constexpr int kGroupTiles = TileGroup<kElemBytes>::kGroupTiles;
+    constexpr int kGroupTiles = TileGroup<kElemBytes>::kGroupTiles, kChunks = TileGroup<kElemBytes>::kChunks;
     int grouped = 0;
     if (vector_ok && per_query) {
       const int full_tiles = min(chunk_tiles, (seqlen_k - chunk0 * kPlanTileKV) / kPlanTileKV);
@@ -145,7 +145,7 @@ __global__ void __launch_bounds__(kThreads) build_tile_plan_kernel(const ScoreVi
       for (int g = warp * kGroupTiles; g < grouped; g += kWarps * kGroupTiles) {
         const char* group = base + int64_t(chunk0 + g) * kPlanTileKV * kElemBytes;
         const int state = group_tile_state<kElemBytes>(group, row_bytes, rows, lane);
-        if (lane % TileGroup<kElemBytes>::kChunks == 0) states[g + lane / TileGroup<kElemBytes>::kChunks] = state;
+        if (lane % kChunks == 0) states[g + lane / kChunks] = static_cast<uint8_t>(state);
       }
     }
     // The rest one warp per tile.
