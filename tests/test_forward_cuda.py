@@ -262,6 +262,29 @@ def test_split_kv_long_keys_few_query_tiles(Q, causal):
     check_tensors(q, k, v, None, None, causal=causal, name=f"split dense Q={Q} causal={causal}")
 
 
+
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("Q,causal", [(1, True), (200, True), (200, False), (700, True)])
+def test_full_then_partial_tiles_split_along_keys(Q, causal, D):
+    """The kernel walks a query tile's fully kept key tiles first, then its partial ones (two lists
+    of the plan). Tiles alternate full/partial, the last key tile is partial and ends mid-step (the
+    D=128 partial phase steps 32 keys: its last step starts past the end and must be dropped), and
+    small B*H splits the key range so a split boundary falls inside either list or between them."""
+    B, K, H, H_kv = 1, 4000, 2, 1
+    q = torch.randn(B, Q, H, D, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(B, K, H_kv, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    g = torch.Generator().manual_seed(11)
+    tile = torch.arange(K) // 64
+    partial_keep = torch.rand(Q, K, generator=g) < 0.5
+    keep = torch.where(tile % 2 == 0, torch.ones(Q, K, dtype=torch.bool), partial_keep)
+    keep[:, tile == tile[-1]] = partial_keep[:, tile == tile[-1]]
+    per_query = keep.view(B, H_kv, Q, K).cuda()
+    per_key = keep[:1].view(B, H_kv, 1, K).cuda()
+    bias = torch.randn(B, H, 1, K, device="cuda", dtype=torch.bfloat16)
+    for mask, form in ((per_query, "per-query"), (per_key, "per-key")):
+        check_tensors(q, k, v, mask, bias, causal=causal, name=f"two lists {form} Q={Q} D={D} causal={causal}")
+        check_tensors(q, k, v, mask, None, causal=causal, name=f"two lists {form} no bias Q={Q} D={D}")
+
 @pytest.mark.parametrize("D", [32, 64, 96, 128, 192, 256])
 @pytest.mark.parametrize("Q", [1, 7, 16])
 def test_decode_tile_every_head_dim_bucket(Q, D):

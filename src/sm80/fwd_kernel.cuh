@@ -1,9 +1,10 @@
 // fwd_kernel.cuh: the SM80-class forward attention kernel (mma.sync m16n8k16, ldmatrix, cp.async),
 // compiled into every family library until an arch gets its own. One CTA computes a 128 x D output
 // tile of one (batch, head). It visits only the key tiles its schedule lists (every tile up to the
-// causal limit without a mask; the tile plan's kept tiles with one, tile_plan.h), and per tile:
-//   S = Q K^T -> scores (scale, softcap, bias; keep-mask, causal and bounds only on tiles that need
-//   them) -> online softmax -> O += P V.
+// causal limit without a mask; the tile plan's kept tiles with one, tile_plan.h), in two phases: the
+// fully kept tiles by code with no mask work at all, then the partly kept ones, and per tile:
+//   S = Q K^T -> scores (scale, softcap, bias; causal and bounds only on tiles that need them, the
+//   keep-mask only in the partial phase) -> online softmax -> O += P V.
 // Loads overlap math as in FlashAttention-2: V(n) streams in during Q K(n)^T, K(n+1) with the mask
 // and bias tiles of n+1 during the softmax and P V(n). Rows that keep nothing give out = 0 and
 // lse = -inf.
@@ -30,11 +31,12 @@ namespace dmattn::sm80 {
 
 using namespace cute;
 
-// Keys per step of the score loop: a whole plan tile, or half of one for D in (64, 128] with a mask,
-// where a 64-key score tile next to the 128-float output accumulator and the plan bookkeeping spill
-// registers (measured on an H200, D = 128 causal: mask 1.2x and mask + bias 1.6x slower at 64 keys;
-// no mask 2% and bias alone 10% faster). Fewer, wider steps pay the per-step costs (barriers, softmax
-// row reductions, output rescale) half as often.
+// Keys per step of the score loop: a whole plan tile, or half of one on partial tiles (mask work) for
+// D in (64, 128], where a 64-key score tile next to the 128-float output accumulator and the mask
+// bookkeeping spill registers (measured on an H200, D = 128 causal: mask 1.2x and mask + bias 1.6x
+// slower at 64 keys; no mask 2% and bias alone 10% faster). Fewer, wider steps pay the per-step
+// costs (barriers, softmax row reductions, output rescale) half as often, which is why fully kept
+// tiles, walked by code without mask work, always take whole plan tiles.
 constexpr int fwd_key_step(int head_dim, int tile_q, bool has_mask) {
   return has_mask && tile_q == kPlanTileQ && head_dim > 64 && head_dim <= 128 ? kPlanTileKV / 2 : kPlanTileKV;
 }
@@ -91,10 +93,14 @@ struct FwdConfig {
   static constexpr int kSmemKV = int(sizeof(Element)) * int(cosize(SmemLayoutKV{}));
   static constexpr int kSmemMask = MaskTileElem::kSmemBytes > MaskTileBool::kSmemBytes ? MaskTileElem::kSmemBytes
                                                                                        : MaskTileBool::kSmemBytes;
-  static constexpr int smem_bytes(bool has_mask, bool has_bias) {
-    return kSmemQ + 2 * kSmemKV + (has_bias ? BiasTile::kSmemBytes : 0) + (has_mask ? kSmemMask : 0);
-  }
 };
+
+// Shared memory of a kernel whose full tiles step with Cfg and partial tiles with PartialCfg.
+template <class Cfg, class PartialCfg>
+constexpr int fwd_smem_bytes(bool has_mask, bool has_bias) {
+  return Cfg::kSmemQ + 2 * Cfg::kSmemKV + (has_bias ? Cfg::BiasTile::kSmemBytes : 0) +
+         (has_mask ? PartialCfg::kSmemMask : 0);
+}
 
 // Global -> shared copy of one (rows, D) tile: vectors outside the problem (row >= rows_left or
 // column >= head_dim) are zero-filled in shared memory instead of read.
@@ -159,10 +165,34 @@ __host__ __device__ constexpr bool fwd_general_scores(bool has_bias, float scale
   return softcap > 0.f || (!has_bias && !(scale > 0.f));
 }
 
+// Which steps of a phase apply the keep-mask element by element.
+enum class MaskWork { kNone, kEveryStep, kPartialSteps };
+
+template <class T>
+struct TypeTag {
+  using type = T;
+};
+
+// The number of entries of an ascending list (at(j), j < n) below `limit`.
+template <class At>
+__device__ __forceinline__ int count_below(int n, At at, int limit) {
+  int lo = 0, hi = n;
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (at(mid) < limit) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+// Cfg: the full-tile phase's configuration (whole plan tiles per step). A mask variant then walks
+// the partial tiles with PartialCfg (fwd_key_step) and per-element mask work.
 template <class Cfg, bool kHasMask, bool kHasBias, bool kGeneralScores>
 __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constant__ FwdParams params) {
   using Element = typename Cfg::Element;
-  constexpr int kTileQ = Cfg::kTileQ, kTileKV = Cfg::kTileKV, kHeadDim = Cfg::kHeadDim;
+  constexpr int kTileQ = Cfg::kTileQ, kHeadDim = Cfg::kHeadDim;
+  static_assert(Cfg::kTileKV == kPlanTileKV, "full tiles are walked a whole plan tile per step");
+  using PartialCfg = FwdConfig<Element, kHeadDim, kTileQ, fwd_key_step(kHeadDim, kTileQ, true)>;
   const FwdProblem& p = params.p;
   const Extents& s = p.shape;
   const Scoring& sc = p.scoring;
@@ -184,41 +214,25 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
   if (sc.causal) kv_end = min(kv_end, min(row0 + kTileQ, s.seqlen_q) + diag);
   const int kv_tiles = kv_end > 0 ? (kv_end + kPlanTileKV - 1) / kPlanTileKV : 0;
 
-  // The schedule: entry i = key_tile * 2 + (fully kept). Without a mask every tile below the limit
-  // is kept; with one, the plan lists the kept tiles in ascending order.
-  int n_active = kv_tiles;
-  const int32_t* plan_list = nullptr;
+  // The schedule, two ascending lists of key tiles (tile_plan.h): the fully kept ones, walked with
+  // no per-element mask work, and the partial ones. Without a mask every tile below the limit is
+  // full; with one, each list is cut at the causal limit.
+  int n_full = kv_tiles, n_partial = 0;
+  const int32_t* full_list = nullptr;
+  const int32_t* partial_list = nullptr;  // stored descending from its end: tile j at partial_list[-j]
   if constexpr (kHasMask) {
     const int32_t* plan_row = params.plan.row(sc.mask, b, h, row0 / kPlanTileQ);
-    plan_list = plan_row + 1;
-    int lo = 0, hi = plan_row[0];
-    while (lo < hi) {  // entries whose tile is below the causal limit
-      const int mid = (lo + hi) / 2;
-      if ((plan_list[mid] >> 1) < kv_tiles) lo = mid + 1;
-      else hi = mid;
-    }
-    n_active = lo;
+    full_list = plan_row + 2;
+    partial_list = plan_row + 2 + params.plan.k_tiles - 1;
+    n_full = count_below(plan_row[0], [&](int j) { return full_list[j]; }, kv_tiles);
+    n_partial = count_below(plan_row[1], [&](int j) { return partial_list[-j]; }, kv_tiles);
   }
-  auto entry = [&](int i) -> int {
-    if constexpr (kHasMask) return plan_list[i];
-    else return i * 2 + 1;
-  };
-  // The loop walks steps of kTileKV keys: kSteps per plan entry. Step s = key tile (of kTileKV) * 2
-  // + the entry's full flag. A step starting past the causal/sequence end (only ever the last
-  // entry's second half) is dropped.
-  constexpr int kSteps = kPlanTileKV / kTileKV;
-  auto step = [&](int st) -> int {
-    const int e = entry(st / kSteps);
-    return (((e >> 1) * kSteps + st % kSteps) << 1) | (e & 1);
-  };
-  int n_steps = n_active * kSteps;
-  if (kSteps > 1 && n_steps > 0 && (step(n_steps - 1) >> 1) * kTileKV >= kv_end) --n_steps;
-  // This CTA's share of the steps when the key range is split.
-  int step_begin = 0, step_end = n_steps;
+  // This CTA's share of the tiles when the key range is split: full tiles first, then partial ones.
+  int tile_begin = 0, tile_end = n_full + n_partial;
   if (n_splits > 1) {
-    const int per_split = (n_steps + n_splits - 1) / n_splits;
-    step_begin = min(n_steps, split * per_split);
-    step_end = min(n_steps, step_begin + per_split);
+    const int per_split = (tile_end + n_splits - 1) / n_splits;
+    tile_begin = min(tile_end, split * per_split);
+    tile_end = min(tile_end, tile_begin + per_split);
   }
 
   auto row_tensor = [&](const RowView& v, int head, int rows) {
@@ -229,199 +243,248 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
   Tensor mK = row_tensor(p.k, h_kv, s.seqlen_k);
   Tensor mV = row_tensor(p.v, h_kv, s.seqlen_k);
   Tensor gQ = local_tile(mQ, Shape<Int<kTileQ>, Int<kHeadDim>>{}, make_coord(q_tile, 0));  // (TILE_Q,D)
-  Tensor gK = local_tile(mK, Shape<Int<kTileKV>, Int<kHeadDim>>{}, make_coord(_, 0));      // (TILE_KV,D,n)
-  Tensor gV = local_tile(mV, Shape<Int<kTileKV>, Int<kHeadDim>>{}, make_coord(_, 0));      // (TILE_KV,D,n)
 
+  // Shared memory: Q, K and V at the full-tile width (a partial step uses the first rows), the bias
+  // tile at that width and the mask tile at the partial step's.
   Element* smem_q = reinterpret_cast<Element*>(smem);
   Element* smem_k = smem_q + cosize(typename Cfg::SmemLayoutQ{});
   Element* smem_v = smem_k + cosize(typename Cfg::SmemLayoutKV{});
   char* smem_scores = reinterpret_cast<char*>(smem_v + cosize(typename Cfg::SmemLayoutKV{}));
   Element* smem_bias = reinterpret_cast<Element*>(smem_scores);
   char* smem_mask = smem_scores + (kHasBias ? Cfg::BiasTile::kSmemBytes : 0);
-  Tensor sQ = make_tensor(make_smem_ptr(smem_q), typename Cfg::SmemLayoutQ{});    // (TILE_Q,D)
-  Tensor sK = make_tensor(make_smem_ptr(smem_k), typename Cfg::SmemLayoutKV{});   // (TILE_KV,D)
-  Tensor sV = make_tensor(make_smem_ptr(smem_v), typename Cfg::SmemLayoutKV{});   // (TILE_KV,D)
-  Tensor sVt = make_tensor(make_smem_ptr(smem_v), typename Cfg::SmemLayoutVt{});  // (D,TILE_KV)
-  Tensor sVtPlain = make_tensor(make_smem_ptr(smem_v), typename Cfg::SmemLayoutVtPlain{});
+  Tensor sQ = make_tensor(make_smem_ptr(smem_q), typename Cfg::SmemLayoutQ{});  // (TILE_Q,D)
 
   typename Cfg::GmemCopy gmem_copy;
   auto gmem_thr = gmem_copy.get_thread_slice(tid);
   Tensor tQgQ = gmem_thr.partition_S(gQ);
   Tensor tQsQ = gmem_thr.partition_D(sQ);
-  Tensor tKgK = gmem_thr.partition_S(gK);  // (CPY,CPY_M,CPY_K,n)
-  Tensor tKsK = gmem_thr.partition_D(sK);
-  Tensor tVgV = gmem_thr.partition_S(gV);
-  Tensor tVsV = gmem_thr.partition_D(sV);
   Tensor tQcQ = gmem_thr.partition_S(make_identity_tensor(Shape<Int<kTileQ>, Int<kHeadDim>>{}));
-  Tensor tKcK = gmem_thr.partition_S(make_identity_tensor(Shape<Int<kTileKV>, Int<kHeadDim>>{}));
 
   typename Cfg::TiledMma mma;
   auto thr_mma = mma.get_slice(tid);
-  Tensor tSrQ = thr_mma.partition_fragment_A(sQ);         // (MMA,MMA_M,MMA_K)
-  Tensor tSrK = thr_mma.partition_fragment_B(sK);         // (MMA,MMA_N,MMA_K)
-  Tensor tOrVt = thr_mma.partition_fragment_B(sVtPlain);  // (MMA,MMA_D,MMA_KV)
+  Tensor tSrQ = thr_mma.partition_fragment_A(sQ);  // (MMA,MMA_M,MMA_K)
   Tensor acc_o = partition_fragment_C(mma, Shape<Int<kTileQ>, Int<kHeadDim>>{});
   clear(acc_o);
-
   auto smem_copy_q = make_tiled_copy_A(typename Cfg::SmemCopyQK{}, mma);
   auto smem_thr_q = smem_copy_q.get_thread_slice(tid);
   Tensor tSsQ = smem_thr_q.partition_S(sQ);
   Tensor tSrQ_view = smem_thr_q.retile_D(tSrQ);
-  auto smem_copy_k = make_tiled_copy_B(typename Cfg::SmemCopyQK{}, mma);
-  auto smem_thr_k = smem_copy_k.get_thread_slice(tid);
-  Tensor tSsK = smem_thr_k.partition_S(sK);
-  Tensor tSrK_view = smem_thr_k.retile_D(tSrK);
-  auto smem_copy_v = make_tiled_copy_B(typename Cfg::SmemCopyVt{}, mma);
-  auto smem_thr_v = smem_copy_v.get_thread_slice(tid);
-  Tensor tOsVt = smem_thr_v.partition_S(sVt);
-  Tensor tOrVt_view = smem_thr_v.retile_D(tOrVt);
 
-  // (row, col) of every score this thread holds, in tile coordinates.
-  Tensor tScS = thr_mma.partition_C(make_identity_tensor(Shape<Int<kTileQ>, Int<kTileKV>>{}));
-  Tensor coord_s = make_tensor(tScS.data(), rows_cols(tScS.layout()));
-  constexpr int kRows = size<0>(decltype(coord_s.layout()){});
-  constexpr int kCols = size<1>(decltype(coord_s.layout()){});
+  // Rows per thread do not depend on the key step, so the softmax state carries across phases.
+  Tensor tScS_rows = thr_mma.partition_C(make_identity_tensor(Shape<Int<kTileQ>, Int<kPlanTileKV>>{}));
+  constexpr int kRows = size<0>(decltype(rows_cols(tScS_rows.layout())){});
   OnlineSoftmax<kRows, kHasBias> softmax;
 
-  // Mask and bias tiles (score_tile.cuh); a key-broadcast operand is staged once, before the loop.
-  // The bias tile, loaded every step, is built once; the mask tile, loaded only for partial plan
-  // tiles, is built where it loads and holds no registers through the loop.
-  using BiasTile = typename Cfg::BiasTile;
   const bool mask_bool = sc.mask_kind == MaskKind::kBool;
-  const int bias_pitch = BiasTile::read_pitch(sc.bias);
-  const int mask_pitch = mask_bool ? Cfg::MaskTileBool::read_pitch(sc.mask) : Cfg::MaskTileElem::read_pitch(sc.mask);
-  const BiasTile bias_tile(sc.bias, b, h, row0, s.seqlen_q);
-  auto load_bias = [&](int col0) { bias_tile.load(smem_bias, col0, s.seqlen_k - col0, tid); };
-  auto load_mask = [&](int col0) {
-    if (mask_bool) {
-      typename Cfg::MaskTileBool(sc.mask, b, h, row0, s.seqlen_q)
-          .load(reinterpret_cast<uint8_t*>(smem_mask), col0, s.seqlen_k - col0, tid);
-    } else {
-      typename Cfg::MaskTileElem(sc.mask, b, h, row0, s.seqlen_q)
-          .load(reinterpret_cast<Element*>(smem_mask), col0, s.seqlen_k - col0, tid);
-    }
-  };
-  // K, and the mask and bias tiles that change with the key tile, for step e.
-  auto load_key_side = [&](int e) {
-    const int tile = e >> 1, col0 = tile * kTileKV;
-    load_tile(gmem_copy, tKgK(_, _, _, tile), tKsK, tKcK, s.seqlen_k - col0, head_dim);
-    if constexpr (kHasBias) {
-      if (!BiasTile::invariant(sc.bias)) load_bias(col0);
-    }
-    if constexpr (kHasMask) {
-      if (!(e & 1) && !Cfg::MaskTileBool::invariant(sc.mask)) load_mask(col0);
-    }
-    cp_async_fence();
-  };
-
-  load_tile(gmem_copy, tQgQ, tQsQ, tQcQ, s.seqlen_q - row0, head_dim);
-  if constexpr (kHasBias) {
-    if (BiasTile::invariant(sc.bias)) load_bias(0);
-  }
-  if constexpr (kHasMask) {
-    if (Cfg::MaskTileBool::invariant(sc.mask)) load_mask(0);
-  }
-  // The step after the current one, read from the plan a step ahead of its use.
-  int e_next = step_begin < step_end ? step(step_begin) : 0;
-  if (step_begin < step_end) load_key_side(e_next);
-  else cp_async_fence();
-
   // The fast form (kGeneralScores false) has no softcap, and without a bias a scale > 0 to fold.
   const float softcap = kGeneralScores ? sc.softcap : 0.f;
   const float qk_scale = softcap > 0.f ? sc.scale / softcap : sc.scale;
   constexpr bool fold_scale = !kHasBias && !kGeneralScores;
   const float softmax_mult = fold_scale ? sc.scale : 1.f;  // scores reach the softmax as raw * this
-  for (int i = step_begin; i < step_end; ++i) {
-    const int e = e_next;
-    e_next = i + 1 < step_end ? step(i + 1) : 0;
-    const int tile = e >> 1, col0 = tile * kTileKV;
-    const bool full = e & 1;
-    // Element-wise bounds, causal and mask work only where this tile needs it.
-    const bool check = !full || col0 + kTileKV > s.seqlen_k || (sc.causal && col0 + kTileKV - 1 > row0 + diag);
 
-    cp_async_wait<0>();  // K, mask and bias of this tile (and Q) have landed
-    __syncthreads();
-    load_tile(gmem_copy, tVgV(_, _, _, tile), tVsV, tKcK, s.seqlen_k - col0, head_dim);
-    cp_async_fence();
+  load_tile(gmem_copy, tQgQ, tQsQ, tQcQ, s.seqlen_q - row0, head_dim);
 
-    Tensor acc_s = partition_fragment_C(mma, Shape<Int<kTileQ>, Int<kTileKV>>{});
-    clear(acc_s);
-    gemm_smem(mma, acc_s, tSrQ, tSrK, tSsQ, tSsK, tSrQ_view, tSrK_view, smem_copy_q, smem_copy_k);
+  // One phase: entries [begin, end) of a tile list, kSteps steps of PCfg::kTileKV keys per plan
+  // tile. An entry is key_tile * 2 + (fully kept); kWork says which steps apply the staged mask.
+  auto run_phase = [&](auto cfg_tag, auto work, auto list_at, int begin, int end, bool list_ends) {
+    using PCfg = typename decltype(cfg_tag)::type;
+    constexpr MaskWork kWork = decltype(work)::value;
+    constexpr int kTileKV = PCfg::kTileKV;
+    constexpr int kSteps = kPlanTileKV / kTileKV;
+    // Step st of this phase, encoded as entries are: key tile (of kTileKV keys) * 2 + full flag.
+    auto step = [&](int st) {
+      const int e = list_at(st / kSteps);
+      return (((e >> 1) * kSteps + st % kSteps) << 1) | (e & 1);
+    };
+    const int step_begin = begin * kSteps;
+    int step_end = end * kSteps;
+    // A step starting past the causal/sequence end (only ever an ascending list's last tile's
+    // second half).
+    if (kSteps > 1 && list_ends && step_end > step_begin && (step(step_end - 1) >> 1) * kTileKV >= kv_end) --step_end;
+    if (step_begin >= step_end) return;
 
-    // Raw products -> scores, reading the staged mask and bias before the next step's loads replace
-    // them. Without bias or softcap (and scale > 0) the scale is folded into the softmax's exponent
-    // and only steps that need masking touch the scores here.
-    float mult = qk_scale;
-    if (kGeneralScores && softcap > 0.f) {
-      CUTE_UNROLL
-      for (int k = 0; k < size(acc_s); ++k) acc_s(k) = softcap * fast_tanh(acc_s(k) * qk_scale);
-      mult = 1.f;
-    }
-    Tensor scores = make_tensor(acc_s.data(), rows_cols(acc_s.layout()));  // (rows, cols)
-    // checked: bounds, causal and mask; scaled: multiply by mult; bias_per_key: the bias is one row
-    // (broadcast over queries), read once per column instead of once per element.
-    auto to_scores = [&](auto checked, auto scaled, auto bias_per_key) {
-      float bias_col[kCols];
-      if constexpr (kHasBias && decltype(bias_per_key)::value) {
-        CUTE_UNROLL
-        for (int c = 0; c < kCols; ++c) bias_col[c] = static_cast<float>(smem_bias[get<1>(coord_s(0, c))]);
+    Tensor gK = local_tile(mK, Shape<Int<kTileKV>, Int<kHeadDim>>{}, make_coord(_, 0));  // (TILE_KV,D,n)
+    Tensor gV = local_tile(mV, Shape<Int<kTileKV>, Int<kHeadDim>>{}, make_coord(_, 0));  // (TILE_KV,D,n)
+    Tensor sK = make_tensor(make_smem_ptr(smem_k), typename PCfg::SmemLayoutKV{});      // (TILE_KV,D)
+    Tensor sV = make_tensor(make_smem_ptr(smem_v), typename PCfg::SmemLayoutKV{});      // (TILE_KV,D)
+    Tensor sVt = make_tensor(make_smem_ptr(smem_v), typename PCfg::SmemLayoutVt{});     // (D,TILE_KV)
+    Tensor sVtPlain = make_tensor(make_smem_ptr(smem_v), typename PCfg::SmemLayoutVtPlain{});
+    Tensor tKgK = gmem_thr.partition_S(gK);  // (CPY,CPY_M,CPY_K,n)
+    Tensor tKsK = gmem_thr.partition_D(sK);
+    Tensor tVgV = gmem_thr.partition_S(gV);
+    Tensor tVsV = gmem_thr.partition_D(sV);
+    Tensor tKcK = gmem_thr.partition_S(make_identity_tensor(Shape<Int<kTileKV>, Int<kHeadDim>>{}));
+
+    Tensor tSrK = thr_mma.partition_fragment_B(sK);         // (MMA,MMA_N,MMA_K)
+    Tensor tOrVt = thr_mma.partition_fragment_B(sVtPlain);  // (MMA,MMA_D,MMA_KV)
+    auto smem_copy_k = make_tiled_copy_B(typename PCfg::SmemCopyQK{}, mma);
+    auto smem_thr_k = smem_copy_k.get_thread_slice(tid);
+    Tensor tSsK = smem_thr_k.partition_S(sK);
+    Tensor tSrK_view = smem_thr_k.retile_D(tSrK);
+    auto smem_copy_v = make_tiled_copy_B(typename PCfg::SmemCopyVt{}, mma);
+    auto smem_thr_v = smem_copy_v.get_thread_slice(tid);
+    Tensor tOsVt = smem_thr_v.partition_S(sVt);
+    Tensor tOrVt_view = smem_thr_v.retile_D(tOrVt);
+
+    // (row, col) of every score this thread holds, in tile coordinates.
+    Tensor tScS = thr_mma.partition_C(make_identity_tensor(Shape<Int<kTileQ>, Int<kTileKV>>{}));
+    Tensor coord_s = make_tensor(tScS.data(), rows_cols(tScS.layout()));
+    constexpr int kCols = size<1>(decltype(coord_s.layout()){});
+    static_assert(size<0>(decltype(coord_s.layout()){}) == kRows, "rows per thread do not change with the step");
+
+    // Mask and bias tiles (score_tile.cuh); a key-broadcast operand is staged once per phase. The
+    // bias tile, loaded every step, is built once; the mask tile is built where it loads and holds
+    // no registers through the loop.
+    using BiasTile = typename PCfg::BiasTile;
+    const int bias_pitch = BiasTile::read_pitch(sc.bias);
+    const int mask_pitch = mask_bool ? PCfg::MaskTileBool::read_pitch(sc.mask) : PCfg::MaskTileElem::read_pitch(sc.mask);
+    const BiasTile bias_tile(sc.bias, b, h, row0, s.seqlen_q);
+    auto load_bias = [&](int col0) { bias_tile.load(smem_bias, col0, s.seqlen_k - col0, tid); };
+    auto load_mask = [&](int col0) {
+      if (mask_bool) {
+        typename PCfg::MaskTileBool(sc.mask, b, h, row0, s.seqlen_q)
+            .load(reinterpret_cast<uint8_t*>(smem_mask), col0, s.seqlen_k - col0, tid);
+      } else {
+        typename PCfg::MaskTileElem(sc.mask, b, h, row0, s.seqlen_q)
+            .load(reinterpret_cast<Element*>(smem_mask), col0, s.seqlen_k - col0, tid);
       }
-      CUTE_UNROLL
-      for (int r = 0; r < kRows; ++r) {
-        const int tr = get<0>(coord_s(r, 0));  // row in tile
-        const int row = row0 + tr;
+    };
+    // K, and the mask and bias tiles that change with the key tile, for step e.
+    auto load_key_side = [&](int e) {
+      const int tile = e >> 1, col0 = tile * kTileKV;
+      load_tile(gmem_copy, tKgK(_, _, _, tile), tKsK, tKcK, s.seqlen_k - col0, head_dim);
+      if constexpr (kHasBias) {
+        if (!BiasTile::invariant(sc.bias)) load_bias(col0);
+      }
+      if constexpr (kWork != MaskWork::kNone) {
+        if ((kWork == MaskWork::kEveryStep || !(e & 1)) && !PCfg::MaskTileBool::invariant(sc.mask)) load_mask(col0);
+      }
+      cp_async_fence();
+    };
+
+    if constexpr (kHasBias) {
+      if (BiasTile::invariant(sc.bias)) load_bias(0);
+    }
+    if constexpr (kWork != MaskWork::kNone) {
+      if (PCfg::MaskTileBool::invariant(sc.mask)) load_mask(0);
+    }
+    // The step after the current one, read from the plan a step ahead of its use.
+    int e_next = step(step_begin);
+    load_key_side(e_next);
+
+    for (int i = step_begin; i < step_end; ++i) {
+      const int e = e_next;
+      e_next = i + 1 < step_end ? step(i + 1) : 0;
+      const int tile = e >> 1, col0 = tile * kTileKV;
+      const bool masked = kWork == MaskWork::kEveryStep || (kWork == MaskWork::kPartialSteps && !(e & 1));
+      // Element-wise bounds, causal and mask work only where this tile needs it.
+      const bool check = masked || col0 + kTileKV > s.seqlen_k || (sc.causal && col0 + kTileKV - 1 > row0 + diag);
+
+      cp_async_wait<0>();  // K, mask and bias of this tile (and Q) have landed
+      __syncthreads();
+      load_tile(gmem_copy, tVgV(_, _, _, tile), tVsV, tKcK, s.seqlen_k - col0, head_dim);
+      cp_async_fence();
+
+      Tensor acc_s = partition_fragment_C(mma, Shape<Int<kTileQ>, Int<kTileKV>>{});
+      clear(acc_s);
+      gemm_smem(mma, acc_s, tSrQ, tSrK, tSsQ, tSsK, tSrQ_view, tSrK_view, smem_copy_q, smem_copy_k);
+
+      // Raw products -> scores, reading the staged mask and bias before the next step's loads
+      // replace them. Without bias or softcap (and scale > 0) the scale is folded into the softmax's
+      // exponent and only steps that need masking touch the scores here.
+      float mult = qk_scale;
+      if (kGeneralScores && softcap > 0.f) {
         CUTE_UNROLL
-        for (int c = 0; c < kCols; ++c) {
-          const int tc = get<1>(coord_s(r, c));
-          float x = scores(r, c);
-          if constexpr (decltype(scaled)::value) x *= mult;
-          if constexpr (kHasBias) {
-            if constexpr (decltype(bias_per_key)::value) x += bias_col[c];
-            else x += static_cast<float>(smem_bias[tr * Cfg::BiasTile::kPitch + tc]);
-          }
-          if constexpr (decltype(checked)::value) {
-            const int col = col0 + tc;
-            bool keep = col < s.seqlen_k && !(sc.causal && col > row + diag);
-            if constexpr (kHasMask) {
-              if (!full) {
+        for (int k = 0; k < size(acc_s); ++k) acc_s(k) = softcap * fast_tanh(acc_s(k) * qk_scale);
+        mult = 1.f;
+      }
+      Tensor scores = make_tensor(acc_s.data(), rows_cols(acc_s.layout()));  // (rows, cols)
+      // checked: bounds, causal and (on partial tiles) mask; scaled: multiply by mult; bias_per_key:
+      // the bias is one row (broadcast over queries), read once per column instead of per element.
+      auto to_scores = [&](auto checked, auto scaled, auto bias_per_key) {
+        float bias_col[kCols];
+        if constexpr (kHasBias && decltype(bias_per_key)::value) {
+          CUTE_UNROLL
+          for (int c = 0; c < kCols; ++c) bias_col[c] = static_cast<float>(smem_bias[get<1>(coord_s(0, c))]);
+        }
+        CUTE_UNROLL
+        for (int r = 0; r < kRows; ++r) {
+          const int tr = get<0>(coord_s(r, 0));  // row in tile
+          const int row = row0 + tr;
+          CUTE_UNROLL
+          for (int c = 0; c < kCols; ++c) {
+            const int tc = get<1>(coord_s(r, c));
+            float x = scores(r, c);
+            if constexpr (decltype(scaled)::value) x *= mult;
+            if constexpr (kHasBias) {
+              if constexpr (decltype(bias_per_key)::value) x += bias_col[c];
+              else x += static_cast<float>(smem_bias[tr * BiasTile::kPitch + tc]);
+            }
+            if constexpr (decltype(checked)::value) {
+              const int col = col0 + tc;
+              bool keep = col < s.seqlen_k && !(sc.causal && col > row + diag);
+              if (kWork != MaskWork::kNone && masked) {
                 const int at = tr * mask_pitch + tc;
                 keep = keep && (mask_bool ? reinterpret_cast<const uint8_t*>(smem_mask)[at] != 0
                                           : static_cast<float>(reinterpret_cast<const Element*>(smem_mask)[at]) != 0.f);
               }
+              x = keep ? x : -INFINITY;
             }
-            x = keep ? x : -INFINITY;
+            scores(r, c) = x;
           }
-          scores(r, c) = x;
         }
-      }
-    };
-    using Yes = std::true_type;
-    using No = std::false_type;
-    if constexpr (kHasBias) {
-      if (bias_pitch == 0) {
-        if (check) to_scores(Yes{}, Yes{}, Yes{});
-        else to_scores(No{}, Yes{}, Yes{});
+      };
+      using Yes = std::true_type;
+      using No = std::false_type;
+      if constexpr (kHasBias) {
+        if (bias_pitch == 0) {
+          if (check) to_scores(Yes{}, Yes{}, Yes{});
+          else to_scores(No{}, Yes{}, Yes{});
+        } else {
+          if (check) to_scores(Yes{}, Yes{}, No{});
+          else to_scores(No{}, Yes{}, No{});
+        }
+      } else if constexpr (fold_scale) {
+        if (check) to_scores(Yes{}, No{}, No{});
       } else {
         if (check) to_scores(Yes{}, Yes{}, No{});
         else to_scores(No{}, Yes{}, No{});
       }
-    } else if constexpr (fold_scale) {
-      if (check) to_scores(Yes{}, No{}, No{});
-    } else {
-      if (check) to_scores(Yes{}, Yes{}, No{});
-      else to_scores(No{}, Yes{}, No{});
+
+      cp_async_wait<0>();  // V has landed; every thread is done with K, mask and bias
+      __syncthreads();
+      if (i + 1 < step_end) load_key_side(e_next);
+
+      softmax.update(scores, acc_o, softmax_mult);
+      // P in the input dtype, laid out as the A operand of P V.
+      Tensor probs = convert_fragment<Element>(acc_s);
+      Tensor tOrP = make_tensor(probs.data(), acc_as_a_operand(probs.layout()));
+      gemm_regs_smem(mma, acc_o, tOrP, tOrVt, tOsVt, tOrVt_view, smem_copy_v);
     }
+  };
 
-    cp_async_wait<0>();  // V has landed; every thread is done with K, mask and bias
-    __syncthreads();
-    if (i + 1 < step_end) load_key_side(e_next);
-
-    softmax.update(scores, acc_o, softmax_mult);
-    // P in the input dtype, laid out as the A operand of P V.
-    Tensor probs = convert_fragment<Element>(acc_s);
-    Tensor tOrP = make_tensor(probs.data(), acc_as_a_operand(probs.layout()));
-    gemm_regs_smem(mma, acc_o, tOrP, tOrVt, tOsVt, tOrVt_view, smem_copy_v);
+  using NoMask = std::integral_constant<MaskWork, MaskWork::kNone>;
+  if constexpr (!kHasMask) {
+    run_phase(TypeTag<Cfg>{}, NoMask{}, [](int j) { return j * 2 + 1; }, tile_begin, tile_end, true);
+  } else {
+    auto full_at = [&](int j) { return full_list[j] * 2 + 1; };
+    auto partial_at = [&](int j) { return partial_list[-j] * 2; };
+    if constexpr (PartialCfg::kTileKV != Cfg::kTileKV) {
+      // Full tiles take whole plan tiles per step without mask work, partial ones narrower steps.
+      using EveryStep = std::integral_constant<MaskWork, MaskWork::kEveryStep>;
+      run_phase(TypeTag<Cfg>{}, NoMask{}, full_at, min(tile_begin, n_full), min(tile_end, n_full), false);
+      run_phase(TypeTag<PartialCfg>{}, EveryStep{}, partial_at, max(tile_begin, n_full) - n_full,
+                max(tile_end, n_full) - n_full, tile_end == n_full + n_partial);
+    } else {
+      // One step width: one phase over both lists, masking the partial tiles' steps. (Two phases
+      // here gain nothing, and the compiler leaves some of them uninlined, passing the output
+      // accumulator through local memory.)
+      using PartialSteps = std::integral_constant<MaskWork, MaskWork::kPartialSteps>;
+      auto both_at = [&](int j) { return j < n_full ? full_at(j) : partial_at(j - n_full); };
+      run_phase(TypeTag<Cfg>{}, PartialSteps{}, both_at, tile_begin, tile_end, false);
+    }
   }
+  if (tile_begin >= tile_end) cp_async_fence();  // Q's loads were issued in no phase's group
 
   // Epilogue: normalize, stage the tile in shared memory (over Q) and store it with 16-byte vectors.
   cp_async_wait<0>();
@@ -458,10 +521,11 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
   copy(smem_copy_o, smem_thr_o.retile_S(out_cast), smem_thr_o.partition_D(sO));
 
   if (p.lse != nullptr) {
+    Tensor coord_rows = make_tensor(tScS_rows.data(), rows_cols(tScS_rows.layout()));
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
-      const int row = row0 + get<0>(coord_s(r, 0));
-      if (get<1>(coord_s(r, 0)) == 0 && row < s.seqlen_q) p.lse[(int64_t(b) * s.heads + h) * s.seqlen_q + row] = row_lse[r];
+      const int row = row0 + get<0>(coord_rows(r, 0));
+      if (get<1>(coord_rows(r, 0)) == 0 && row < s.seqlen_q) p.lse[(int64_t(b) * s.heads + h) * s.seqlen_q + row] = row_lse[r];
     }
   }
   __syncthreads();
@@ -497,11 +561,12 @@ cudaError_t allow_smem(Kernel kernel, int bytes, int device, std::atomic<uint64_
 
 template <typename Element, int kHeadDim, int kTileQ, bool kHasMask, bool kHasBias>
 dmattn_status launch_fwd_variant(const FwdParams& params, char* msg, size_t msg_len) {
-  using Cfg = FwdConfig<Element, kHeadDim, kTileQ, fwd_key_step(kHeadDim, kTileQ, kHasMask)>;
+  using Cfg = FwdConfig<Element, kHeadDim, kTileQ, kPlanTileKV>;
+  using PartialCfg = FwdConfig<Element, kHeadDim, kTileQ, fwd_key_step(kHeadDim, kTileQ, true)>;
   const FwdProblem& p = params.p;
   const bool general = fwd_general_scores(kHasBias, p.scoring.scale, p.scoring.softcap);
   auto kernel = general ? fwd_kernel<Cfg, kHasMask, kHasBias, true> : fwd_kernel<Cfg, kHasMask, kHasBias, false>;
-  constexpr int smem = Cfg::smem_bytes(kHasMask, kHasBias);
+  constexpr int smem = fwd_smem_bytes<Cfg, PartialCfg>(kHasMask, kHasBias);
   static std::atomic<uint64_t> smem_allowed[2];  // per kernel: devices already configured
   cudaError_t err = allow_smem(kernel, smem, p.launch.device, smem_allowed[general]);
   if (err != cudaSuccess) {

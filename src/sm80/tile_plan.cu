@@ -1,7 +1,7 @@
 // tile_plan.cu: builds the forward kernel's tile plan (tile_plan.h) in one pass over the keep-mask.
 // One CTA per (mask batch, mask head, query tile): each warp classifies key tiles (empty, partial,
 // full) with 16-byte loads where the mask allows them, stopping as soon as a tile is known to be
-// partial, then warp 0 compacts the kept tiles, in order, into the plan row.
+// partial, then warp 0 compacts the full and the partial tiles, in order, into the plan row's two lists.
 #include <cuda_runtime_api.h>
 
 
@@ -133,7 +133,8 @@ __global__ void __launch_bounds__(kThreads) build_tile_plan_kernel(const ScoreVi
   const bool vector_ok = per_key && (reinterpret_cast<uintptr_t>(base) % 16 == 0) && (row_bytes % 16 == 0);
 
   int32_t* out = plan.rows + ((int64_t(mb) * plan.heads + mh) * plan.q_tiles + qt) * plan.row_len();
-  int count = 0;  // warp 0's running count
+  int32_t* slots = out + 2;
+  int n_full = 0, n_partial = 0;  // warp 0's running counts
   for (int chunk0 = 0; chunk0 < plan.k_tiles; chunk0 += kChunkTiles) {
     const int chunk_tiles = min(kChunkTiles, plan.k_tiles - chunk0);
     // Whole groups of full-width tiles (per-query masks with 16-byte rows): one warp per group.
@@ -161,15 +162,21 @@ __global__ void __launch_bounds__(kThreads) build_tile_plan_kernel(const ScoreVi
       for (int t0 = 0; t0 < chunk_tiles; t0 += 32) {
         const int t = t0 + lane;
         const int state = t < chunk_tiles ? states[t] : 0;
-        const uint32_t kept = __ballot_sync(0xffffffffu, state != 0);
-        const int pos = count + __popc(kept & ((1u << lane) - 1u));
-        if (state != 0) out[1 + pos] = (chunk0 + t) * 2 + (state == 2 ? 1 : 0);
-        count += __popc(kept);
+        const uint32_t below = (1u << lane) - 1u;
+        const uint32_t full = __ballot_sync(0xffffffffu, state == 2);
+        const uint32_t partial = __ballot_sync(0xffffffffu, state == 1);
+        if (state == 2) slots[n_full + __popc(full & below)] = chunk0 + t;
+        if (state == 1) slots[plan.k_tiles - 1 - (n_partial + __popc(partial & below))] = chunk0 + t;
+        n_full += __popc(full);
+        n_partial += __popc(partial);
       }
     }
     __syncthreads();
   }
-  if (threadIdx.x == 0) out[0] = count;
+  if (threadIdx.x == 0) {
+    out[0] = n_full;
+    out[1] = n_partial;
+  }
 }
 
 }  // namespace

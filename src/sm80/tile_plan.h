@@ -1,8 +1,12 @@
 // tile_plan.h: the schedule the forward kernel follows when a keep-mask is given (DESIGN: "Sparsity
 // is scheduled, not discovered"). For each (mask batch, mask head, query tile) of the mask's *own*
-// extents, one row of int32 in the workspace: [count, entry_0, ..., entry_{count-1}], entries
-// ascending, entry = key_tile * 2 + (tile fully kept ? 1 : 0). Key tiles with nothing kept are
-// absent. A mask broadcast over queries (Q axis of size 1) has one query tile, built in O(K).
+// extents, one row of int32 in the workspace holding two lists of key tiles, each ascending:
+//   [n_full, n_partial, full_0, full_1, ..., (free), ..., partial_1, partial_0]
+// the fully kept tiles from the front of the row's k_tiles slots, the partly kept ones from its back
+// (partial j at slot k_tiles - 1 - j), so both are written in one pass without knowing either count.
+// Key tiles with nothing kept are absent. The kernel walks the full tiles with no per-element mask
+// work and the partial ones with it. A mask broadcast over queries (Q axis of size 1) has one query
+// tile, built in O(K).
 // Built by build_tile_plan (one pass over the mask); the same tile shape for every head dim, so the
 // plan does not depend on which kernel reads it.
 #pragma once
@@ -23,7 +27,7 @@ struct TilePlan {
   int32_t* rows = nullptr;  // workspace
   int32_t batches = 0, heads = 0, q_tiles = 0, k_tiles = 0;
 
-  __host__ __device__ int64_t row_len() const { return int64_t(k_tiles) + 1; }
+  __host__ __device__ int64_t row_len() const { return int64_t(k_tiles) + 2; }
   __host__ __device__ size_t bytes() const { return size_t(batches) * heads * q_tiles * row_len() * sizeof(int32_t); }
   // The plan row a CTA computing (batch b, query head h, query tile qt) follows.
   __host__ __device__ const int32_t* row(const ScoreView& mask, int b, int h, int qt) const {
