@@ -285,6 +285,23 @@ def test_full_then_partial_tiles_split_along_keys(Q, causal, D):
         check_tensors(q, k, v, mask, bias, causal=causal, name=f"two lists {form} Q={Q} D={D} causal={causal}")
         check_tensors(q, k, v, mask, None, causal=causal, name=f"two lists {form} no bias Q={Q} D={D}")
 
+
+@pytest.mark.parametrize("K", [4096 * 64 + 1000, 4096 * 64 + 1024])
+@pytest.mark.parametrize("per_query", [False, True])
+def test_plan_longer_than_one_staging_chunk(per_query, K):
+    """More than 4096 key tiles (the plan builder stages tile states 4096 at a time): both lists
+    must stay complete and ascending across chunks. Full, partial and empty tiles in every chunk;
+    K + 1000 has a ragged last tile and unaligned rows, K + 1024 16-byte rows (vector loads)."""
+    B, Q, H, H_kv, D = 1, (20 if per_query else 1), 2, 1, 64
+    q = torch.randn(B, Q, H, D, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(B, K, H_kv, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    g = torch.Generator().manual_seed(12)
+    state = torch.randint(0, 3, (-(-K // 64),), generator=g).repeat_interleave(64)[:K]  # 0 empty, 1 partial, 2 full
+    noise = torch.rand(Q if per_query else 1, K, generator=g) < 0.5
+    keep = (state == 2) | ((state == 1) & noise)
+    mask = keep.view(B, H_kv, keep.shape[0], K).cuda()
+    check_tensors(q, k, v, mask, None, causal=False, name=f"long plan per_query={per_query} K={K}")
+
 @pytest.mark.parametrize("D", [32, 64, 96, 128, 192, 256])
 @pytest.mark.parametrize("Q", [1, 7, 16])
 def test_decode_tile_every_head_dim_bucket(Q, D):
