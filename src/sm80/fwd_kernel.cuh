@@ -165,6 +165,21 @@ __host__ __device__ constexpr bool fwd_general_scores(bool has_bias, float scale
   return softcap > 0.f || (!has_bias && !(scale > 0.f));
 }
 
+// Whether a mask variant walks its full tiles in a phase of their own (whole plan tiles, no mask
+// code) before the partial ones. Only when the partial step is narrower: with one step width two
+// phases gain nothing, and cicc left some of them uninlined (D=256 mask + bias: the output
+// accumulator went through a 1376-byte stack). Not with a bias on sm_80-89: ptxas for sm_80 spills
+// 17 KB there at D=128 (sm_90a ~130 bytes, sm_100a and sm_120 none), so those keep v3's single
+// loop at the partial step. -DDMATTN_FWD_SM80_PHASES makes the sm_80 choice on any arch, so that a
+// newer GPU can test it.
+__host__ __device__ constexpr bool fwd_split_phases(bool narrower_partial_step, bool has_bias) {
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900) || defined(DMATTN_FWD_SM80_PHASES)
+  return narrower_partial_step && !has_bias;
+#else
+  return narrower_partial_step;
+#endif
+}
+
 // Which steps of a phase apply the keep-mask element by element.
 enum class MaskWork { kNone, kEveryStep, kPartialSteps };
 
@@ -469,19 +484,19 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
   } else {
     auto full_at = [&](int j) { return full_list[j] * 2 + 1; };
     auto partial_at = [&](int j) { return partial_list[-j] * 2; };
-    if constexpr (PartialCfg::kTileKV != Cfg::kTileKV) {
+    if constexpr (fwd_split_phases(PartialCfg::kTileKV != Cfg::kTileKV, kHasBias)) {
       // Full tiles take whole plan tiles per step without mask work, partial ones narrower steps.
       using EveryStep = std::integral_constant<MaskWork, MaskWork::kEveryStep>;
       run_phase(TypeTag<Cfg>{}, NoMask{}, full_at, min(tile_begin, n_full), min(tile_end, n_full), false);
       run_phase(TypeTag<PartialCfg>{}, EveryStep{}, partial_at, max(tile_begin, n_full) - n_full,
                 max(tile_end, n_full) - n_full, tile_end == n_full + n_partial);
     } else {
-      // One step width: one phase over both lists, masking the partial tiles' steps. (Two phases
-      // here gain nothing, and the compiler leaves some of them uninlined, passing the output
-      // accumulator through local memory.)
+      // One phase over both lists at the partial step, masking the partial tiles' steps. The
+      // lists together are not ascending, so a step past the causal/sequence end is not dropped:
+      // it loads zeros and its scores are all masked (one half tile of wasted work at most).
       using PartialSteps = std::integral_constant<MaskWork, MaskWork::kPartialSteps>;
       auto both_at = [&](int j) { return j < n_full ? full_at(j) : partial_at(j - n_full); };
-      run_phase(TypeTag<Cfg>{}, PartialSteps{}, both_at, tile_begin, tile_end, false);
+      run_phase(TypeTag<PartialCfg>{}, PartialSteps{}, both_at, tile_begin, tile_end, false);
     }
   }
   if (tile_begin >= tile_end) cp_async_fence();  // Q's loads were issued in no phase's group
