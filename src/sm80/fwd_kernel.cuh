@@ -31,14 +31,14 @@ namespace dmattn::sm80 {
 
 using namespace cute;
 
-// Keys per step of the score loop: a whole plan tile, or half of one on partial tiles (mask work) for
+// Keys per step of the score loop on partial tiles (mask work): a whole plan tile, or half of one for
 // D in (64, 128], where a 64-key score tile next to the 128-float output accumulator and the mask
 // bookkeeping spill registers (measured on an H200, D = 128 causal: mask 1.2x and mask + bias 1.6x
 // slower at 64 keys; no mask 2% and bias alone 10% faster). Fewer, wider steps pay the per-step
 // costs (barriers, softmax row reductions, output rescale) half as often, which is why fully kept
 // tiles, walked by code without mask work, always take whole plan tiles.
-constexpr int fwd_key_step(int head_dim, int tile_q, bool has_mask) {
-  return has_mask && tile_q == kPlanTileQ && head_dim > 64 && head_dim <= 128 ? kPlanTileKV / 2 : kPlanTileKV;
+constexpr int fwd_partial_key_step(int head_dim, int tile_q) {
+  return tile_q == kPlanTileQ && head_dim > 64 && head_dim <= 128 ? kPlanTileKV / 2 : kPlanTileKV;
 }
 
 // Tile shapes, layouts and copy atoms for one (dtype, head-dim bucket, query tile, key step). Query
@@ -95,11 +95,17 @@ struct FwdConfig {
                                                                                        : MaskTileBool::kSmemBytes;
 };
 
-// Shared memory of a kernel whose full tiles step with Cfg and partial tiles with PartialCfg.
-template <class Cfg, class PartialCfg>
+// The configuration partial tiles step with, for a kernel whose full tiles step with Cfg.
+template <class Cfg>
+using FwdPartialConfig = FwdConfig<typename Cfg::Element, Cfg::kHeadDim, Cfg::kTileQ,
+                                   fwd_partial_key_step(Cfg::kHeadDim, Cfg::kTileQ)>;
+
+// Shared memory of a kernel whose full tiles step with Cfg: Q, K, V and the bias tile at that width,
+// the mask tile at the partial step's.
+template <class Cfg>
 constexpr int fwd_smem_bytes(bool has_mask, bool has_bias) {
   return Cfg::kSmemQ + 2 * Cfg::kSmemKV + (has_bias ? Cfg::BiasTile::kSmemBytes : 0) +
-         (has_mask ? PartialCfg::kSmemMask : 0);
+         (has_mask ? FwdPartialConfig<Cfg>::kSmemMask : 0);
 }
 
 // Global -> shared copy of one (rows, D) tile: vectors outside the problem (row >= rows_left or
@@ -201,13 +207,13 @@ __device__ __forceinline__ int count_below(int n, At at, int limit) {
 }
 
 // Cfg: the full-tile phase's configuration (whole plan tiles per step). A mask variant then walks
-// the partial tiles with PartialCfg (fwd_key_step) and per-element mask work.
+// the partial tiles with FwdPartialConfig<Cfg> and per-element mask work.
 template <class Cfg, bool kHasMask, bool kHasBias, bool kGeneralScores>
 __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constant__ FwdParams params) {
   using Element = typename Cfg::Element;
   constexpr int kTileQ = Cfg::kTileQ, kHeadDim = Cfg::kHeadDim;
   static_assert(Cfg::kTileKV == kPlanTileKV, "full tiles are walked a whole plan tile per step");
-  using PartialCfg = FwdConfig<Element, kHeadDim, kTileQ, fwd_key_step(kHeadDim, kTileQ, true)>;
+  using PartialCfg = FwdPartialConfig<Cfg>;
   const FwdProblem& p = params.p;
   const Extents& s = p.shape;
   const Scoring& sc = p.scoring;
@@ -577,11 +583,10 @@ cudaError_t allow_smem(Kernel kernel, int bytes, int device, std::atomic<uint64_
 template <typename Element, int kHeadDim, int kTileQ, bool kHasMask, bool kHasBias>
 dmattn_status launch_fwd_variant(const FwdParams& params, char* msg, size_t msg_len) {
   using Cfg = FwdConfig<Element, kHeadDim, kTileQ, kPlanTileKV>;
-  using PartialCfg = FwdConfig<Element, kHeadDim, kTileQ, fwd_key_step(kHeadDim, kTileQ, true)>;
   const FwdProblem& p = params.p;
   const bool general = fwd_general_scores(kHasBias, p.scoring.scale, p.scoring.softcap);
   auto kernel = general ? fwd_kernel<Cfg, kHasMask, kHasBias, true> : fwd_kernel<Cfg, kHasMask, kHasBias, false>;
-  constexpr int smem = fwd_smem_bytes<Cfg, PartialCfg>(kHasMask, kHasBias);
+  constexpr int smem = fwd_smem_bytes<Cfg>(kHasMask, kHasBias);
   static std::atomic<uint64_t> smem_allowed[2];  // per kernel: devices already configured
   cudaError_t err = allow_smem(kernel, smem, p.launch.device, smem_allowed[general]);
   if (err != cudaSuccess) {
