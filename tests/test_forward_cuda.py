@@ -262,14 +262,14 @@ def test_split_kv_long_keys_few_query_tiles(Q, causal):
     check_tensors(q, k, v, None, None, causal=causal, name=f"split dense Q={Q} causal={causal}")
 
 
-
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("Q,causal", [(1, True), (200, True), (200, False), (700, True)])
 def test_full_then_partial_tiles_split_along_keys(Q, causal, D):
     """The kernel walks a query tile's fully kept key tiles first, then its partial ones (two lists
     of the plan). Tiles alternate full/partial, the last key tile is partial and ends mid-step (the
-    D=128 partial phase steps 32 keys: its last step starts past the end and must be dropped), and
-    small B*H splits the key range so a split boundary falls inside either list or between them."""
+    D=128 partial tiles step 32 keys: the last step starts past the end and must be dropped, or, on
+    sm_80 with a bias, run all masked), and small B*H splits the key range so a split boundary falls
+    inside either list or between them."""
     B, K, H, H_kv = 1, 4000, 2, 1
     q = torch.randn(B, Q, H, D, device="cuda", dtype=torch.bfloat16)
     k, v = (torch.randn(B, K, H_kv, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
@@ -301,6 +301,7 @@ def test_plan_longer_than_one_staging_chunk(per_query, K):
     keep = (state == 2) | ((state == 1) & noise)
     mask = keep.view(B, H_kv, keep.shape[0], K).cuda()
     check_tensors(q, k, v, mask, None, causal=False, name=f"long plan per_query={per_query} K={K}")
+
 
 @pytest.mark.parametrize("D", [32, 64, 96, 128, 192, 256])
 @pytest.mark.parametrize("Q", [1, 7, 16])
