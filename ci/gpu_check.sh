@@ -14,6 +14,7 @@
 #   JOBS              build parallelism (default: nproc)
 #   GPU_CHECK_TESTS   test paths to run (default: tests)
 #   GPU_CHECK_FORWARD forward benchmark (benchmarks/bench_forward.py): quick (default), full or skip
+#   GPU_CHECK_BACKWARD backward benchmark (benchmarks/bench_backward.py): quick (default), full or skip
 #   GPU_CHECK_PROFILE 1: Nsight Compute on one dense D=128 forward (benchmarks/profile_forward.py),
 #                     its speed-of-light, occupancy and warp-stall sections into the summary
 set -uo pipefail
@@ -30,7 +31,7 @@ step() { printf '\n==== %s (t=%ss) ====\n' "$*" "$SECONDS"; }
 
 step "machine"
 mkdir -p "$SCRATCH"
-# At most 8 files go to RESULTS (summary, build/test/bench logs, forward json + plot): small facts
+# At most 9 files go to RESULTS (summary, build/test/bench logs, forward json + plot, backward): small facts
 # go into the summary only.
 nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader | tee "$SCRATCH/gpu.txt"
 GPU=$(head -1 "$SCRATCH/gpu.txt" | cut -d, -f1)
@@ -90,6 +91,14 @@ if [ "$FORWARD" != skip ]; then
   cp "$SCRATCH/forward/sweep.png" "$RESULTS/sweep.png" 2>/dev/null
 fi
 
+BACKWARD=${GPU_CHECK_BACKWARD:-quick}
+if [ "$BACKWARD" != skip ]; then
+  step "benchmark: backward against the peers ($BACKWARD)"
+  $PY benchmarks/bench_backward.py $([ "$BACKWARD" = quick ] && echo --quick) --out "$SCRATCH/backward" 2>&1 \
+    | tee "$RESULTS/backward.txt"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
 if [ "${GPU_CHECK_PROFILE:-0}" = 1 ]; then
   step "profile: ncu on the forward kernel"
   if command -v ncu > /dev/null; then
@@ -116,6 +125,7 @@ fi
   echo '## Host overhead (benchmarks/bench_overhead.py)'; echo '```'; cat "$RESULTS/overhead.txt"; echo '```'
   [ -f "$SCRATCH/profile.txt" ] && [ "${GPU_CHECK_PROFILE:-0}" = 1 ] && { echo '## Nsight Compute, one dense D=128 forward'; echo '```'; tail -80 "$SCRATCH/profile.txt"; echo '```'; }
   [ -f "$RESULTS/forward.txt" ] && { echo '## Forward against the peers (benchmarks/bench_forward.py)'; echo '```'; cat "$RESULTS/forward.txt"; echo '```'; }
+  [ -f "$RESULTS/backward.txt" ] && { echo '## Backward against the peers (benchmarks/bench_backward.py)'; echo '```'; cat "$RESULTS/backward.txt"; echo '```'; }
 } > "$RESULTS/summary.md"
 
 step "summary"

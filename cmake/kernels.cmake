@@ -1,8 +1,8 @@
 # kernels.cmake: the kernel instantiation table, the one list of what gets compiled.
 #
-# A row is "family:direction:dtype:head_dim", e.g. "sm90:fwd:bf16:128"; each row is eight
-# translation units (query tile 128 or 16 x with and without mask x bias; causal and softcap are
-# switched inside the kernel). Rows = built families x implemented directions x dtypes x head-dim
+# A row is "family:direction:dtype:head_dim", e.g. "sm90:fwd:bf16:128". A fwd row is eight
+# translation units (query tile 128 or 16 x with and without mask x bias), a bwd row four (mask x
+# bias); causal and softcap are switched inside the kernels. Rows = built families x implemented directions x dtypes x head-dim
 # buckets, filtered by:
 #   DMATTN_HEAD_DIMS   subset of buckets for fast developer builds (default: all)
 #   DMATTN_KERNELS     explicit rows to keep, e.g. "sm90:fwd:bf16:128" ("" = every row)
@@ -11,7 +11,10 @@
 set(DMATTN_HEAD_DIM_BUCKETS 32 64 96 128 192 256)
 set(DMATTN_DTYPES fp16 bf16)
 # Directions whose kernels exist; the others answer NOT_IMPLEMENTED at run time.
-set(DMATTN_IMPLEMENTED_DIRECTIONS fwd)
+set(DMATTN_IMPLEMENTED_DIRECTIONS fwd bwd)
+# Head-dim buckets each direction has kernels for (the backward's 64-key tile config serves D <= 128).
+set(DMATTN_fwd_HEAD_DIM_BUCKETS ${DMATTN_HEAD_DIM_BUCKETS})
+set(DMATTN_bwd_HEAD_DIM_BUCKETS 32 64 96 128)
 
 function(dmattn_kernel_rows families out_var)
   # Accept "64;128", "64 128" and "64,128" (the environment variable passes through unsplit).
@@ -29,6 +32,9 @@ function(dmattn_kernel_rows families out_var)
     foreach(_direction IN LISTS DMATTN_IMPLEMENTED_DIRECTIONS)
       foreach(_dtype IN LISTS DMATTN_DTYPES)
         foreach(_d IN LISTS _head_dims)
+          if(NOT _d IN_LIST DMATTN_${_direction}_HEAD_DIM_BUCKETS)
+            continue()
+          endif()
           set(_row "${_family}:${_direction}:${_dtype}:${_d}")
           if(DMATTN_KERNELS STREQUAL "" OR _row IN_LIST DMATTN_KERNELS)
             list(APPEND _rows ${_row})
@@ -94,8 +100,13 @@ function(dmattn_stamp_kernels target family rows)
       set(_dtype_enum DType::kBF16)
     endif()
     # One translation unit per (query tile, mask, bias) variant of the row, so a row's kernels build
-    # in parallel. Query tiles: 128 rows, and 16 for decode (Q <= 16).
-    foreach(DMATTN_TILE_Q IN ITEMS 128 16)
+    # in parallel. Forward query tiles: 128 rows, and 16 for decode (Q <= 16); the backward has one.
+    if(_direction STREQUAL "fwd")
+      set(_tile_qs 128 16)
+    else()
+      set(_tile_qs 64)
+    endif()
+    foreach(DMATTN_TILE_Q IN LISTS _tile_qs)
       foreach(DMATTN_HAS_MASK IN ITEMS false true)
         foreach(DMATTN_HAS_BIAS IN ITEMS false true)
           set(_tu ${_gen}/${_direction}_${_dtype}_${DMATTN_ROW_HEAD_DIM}_q${DMATTN_TILE_Q}_m${DMATTN_HAS_MASK}_b${DMATTN_HAS_BIAS}.cu)

@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "family/family.h"
+#include "sm80/bwd_launch.h"
 #include "sm80/fwd_launch.h"
 
 #ifndef DMATTN_FAMILY_NAME
@@ -91,30 +92,42 @@ dmattn_status launch_fwd_row(const FwdProblem& p, char* msg, size_t msg_len) {
   return missing_kernel("forward", p.dtype, p.shape.head_dim, bucket, msg, msg_len);
 }
 
-dmattn_status fwd(const FwdProblem* p, char* msg, size_t msg_len) {
-  if (p->shape.cu_seqlens_q != nullptr) {
+// A dense-layout call (varlen/paged kernels do not exist yet) on its device, through `launch_row`.
+template <class Problem, class LaunchRow>
+dmattn_status run_dense(const Problem& p, const char* direction, LaunchRow launch_row, char* msg, size_t msg_len) {
+  if (p.shape.cu_seqlens_q != nullptr) {
     std::snprintf(msg, msg_len,
-                  "the CUDA varlen%s forward kernel is not implemented in this version of flash-dmattn; use the "
+                  "the CUDA varlen%s %s kernel is not implemented in this version of flash-dmattn; use the "
                   "'reference' backend meanwhile",
-                  p->shape.block_table != nullptr ? " paged-KV" : "");
+                  p.shape.block_table != nullptr ? " paged-KV" : "", direction);
     return DMATTN_STATUS_NOT_IMPLEMENTED;
   }
-  DeviceGuard guard(p->launch.device);
+  DeviceGuard guard(p.launch.device);
   if (!guard.ok()) {
-    std::snprintf(msg, msg_len, "cannot select CUDA device %d", p->launch.device);
+    std::snprintf(msg, msg_len, "cannot select CUDA device %d", p.launch.device);
     return DMATTN_STATUS_CUDA_ERROR;
   }
-  return launch_fwd_row(*p, msg, msg_len);
+  return launch_row(p, msg, msg_len);
 }
 
-dmattn_status bwd_workspace_size(const BwdProblem*, size_t* bytes, char*, size_t) {
-  *bytes = 0;
+dmattn_status fwd(const FwdProblem* p, char* msg, size_t msg_len) {
+  return run_dense(*p, "forward", launch_fwd_row, msg, msg_len);
+}
+
+// The backward's workspace (bwd_launch.h); 0 where the call will answer NOT_IMPLEMENTED.
+dmattn_status bwd_workspace_size(const BwdProblem* p, size_t* bytes, char*, size_t) {
+  *bytes = p->shape.cu_seqlens_q != nullptr ? 0 : bwd_workspace_bytes(*p, head_dim_bucket(p->shape.head_dim));
   return DMATTN_STATUS_SUCCESS;
 }
 
+dmattn_status launch_bwd_row(const BwdProblem& p, char* msg, size_t msg_len) {
+  const int bucket = head_dim_bucket(p.shape.head_dim);
+#include "bwd_dispatch.inc"
+  return missing_kernel("backward", p.dtype, p.shape.head_dim, bucket, msg, msg_len);
+}
+
 dmattn_status bwd(const BwdProblem* p, char* msg, size_t msg_len) {
-  const int head_dim = p->shape.head_dim;
-  return missing_kernel("backward", p->dtype, head_dim, head_dim_bucket(head_dim), msg, msg_len);
+  return run_dense(*p, "backward", launch_bwd_row, msg, msg_len);
 }
 
 constexpr dmattn_family_table kTable = {

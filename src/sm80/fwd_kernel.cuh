@@ -20,11 +20,13 @@
 
 #include "dmattn/dmattn.h"
 #include "family/problem.h"
+#include "sm80/device_math.cuh"
 #include "sm80/fragments.cuh"
 #include "sm80/fwd_launch.h"
 #include "sm80/launch_status.h"
 #include "sm80/online_softmax.cuh"
 #include "sm80/score_tile.cuh"
+#include "sm80/tile_gemm.cuh"
 #include "sm80/tile_plan.h"
 
 namespace dmattn::sm80 {
@@ -60,30 +62,21 @@ struct FwdConfig {
   static_assert(kTileQ % (16 * kWarps) == 0, "warps split the query tile in 16-row slices");
   static_assert(kHeadDim % 32 == 0 && kTileKV % 32 == 0, "tiles are whole swizzle atoms");
 
-  using MmaOp = std::conditional_t<std::is_same_v<Element, cutlass::half_t>, SM80_16x8x16_F32F16F16F32_TN,
-                                   SM80_16x8x16_F32BF16BF16F32_TN>;
+  using Traits = RowTileTraits<Element, kHeadDim, kThreads>;
+  using MmaOp = typename Traits::MmaOp;
   using TiledMma = TiledMMA<MMA_Atom<MmaOp>, Layout<Shape<Int<kWarps>, _1, _1>>, Tile<Int<16 * kWarps>, _16, _16>>;
 
-  // Shared memory: rows of kSmemK elements, XOR-swizzled so ldmatrix reads are conflict-free.
-  static constexpr int kSmemK = kHeadDim % 64 == 0 ? 64 : 32;
-  using SmemAtom = decltype(composition(Swizzle<kSmemK == 64 ? 3 : 2, 3, 3>{},
-                                        Layout<Shape<_8, Int<kSmemK>>, Stride<Int<kSmemK>, _1>>{}));
+  using SmemAtom = typename Traits::SmemAtom;
   using SmemLayoutQ = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kTileQ>, Int<kHeadDim>>{}));
   using SmemLayoutKV = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kTileKV>, Int<kHeadDim>>{}));
   // V read as (D, kTileKV) for the P V product: the same bytes through a transposed view.
   using SmemLayoutVt = decltype(composition(SmemLayoutKV{}, make_layout(Shape<Int<kHeadDim>, Int<kTileKV>>{}, GenRowMajor{})));
   using SmemLayoutVtPlain = decltype(get_nonswizzle_portion(SmemLayoutVt{}));
 
-  using SmemCopyQK = Copy_Atom<SM75_U32x4_LDSM_N, Element>;
-  using SmemCopyVt = Copy_Atom<SM75_U16x8_LDSM_T, Element>;
-
-  // Global <-> shared: 16-byte vectors, kSmemK / 8 threads per row.
-  static constexpr int kRowThreads = kSmemK / 8;
-  using GmemThreads = Layout<Shape<Int<kThreads / kRowThreads>, Int<kRowThreads>>, Stride<Int<kRowThreads>, _1>>;
-  using GmemCopy = decltype(make_tiled_copy(Copy_Atom<SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>, Element>{},
-                                            GmemThreads{}, Layout<Shape<_1, _8>>{}));
-  using GmemStore = decltype(make_tiled_copy(Copy_Atom<UniversalCopy<cute::uint128_t>, Element>{}, GmemThreads{},
-                                             Layout<Shape<_1, _8>>{}));
+  using SmemCopyQK = typename Traits::SmemCopyN;
+  using SmemCopyVt = typename Traits::SmemCopyT;
+  using GmemCopy = typename Traits::GmemCopy;
+  using GmemStore = typename Traits::GmemStore;
 
   using BiasTile = ScoreTile<Element, kTileQ, kTileKV, kThreads>;
   using MaskTileBool = ScoreTile<uint8_t, kTileQ, kTileKV, kThreads>;
@@ -106,61 +99,6 @@ template <class Cfg>
 constexpr int fwd_smem_bytes(bool has_mask, bool has_bias) {
   return Cfg::kSmemQ + 2 * Cfg::kSmemKV + (has_bias ? Cfg::BiasTile::kSmemBytes : 0) +
          (has_mask ? FwdPartialConfig<Cfg>::kSmemMask : 0);
-}
-
-// Global -> shared copy of one (rows, D) tile: vectors outside the problem (row >= rows_left or
-// column >= head_dim) are zero-filled in shared memory instead of read.
-template <class TiledCopy, class Src, class Dst, class Coord>
-__device__ __forceinline__ void load_tile(TiledCopy const& copy_op, Src const& src, Dst& dst, Coord const& coord,
-                                          int rows_left, int head_dim) {
-  CUTE_UNROLL
-  for (int m = 0; m < size<1>(dst); ++m) {
-    CUTE_UNROLL
-    for (int k = 0; k < size<2>(dst); ++k) {
-      if (get<0>(coord(0, m, k)) < rows_left && get<1>(coord(0, m, k)) < head_dim) {
-        copy(copy_op, src(_, m, k), dst(_, m, k));
-      } else {
-        clear(dst(_, m, k));
-      }
-    }
-  }
-}
-
-// acc += A B over the K mode, both operands streamed from shared memory one k-slice ahead.
-template <class Mma, class Acc, class RA, class RB, class SA, class SB, class RAView, class RBView, class CopyA,
-          class CopyB>
-__device__ __forceinline__ void gemm_smem(Mma& mma, Acc& acc, RA& rA, RB& rB, SA const& sA, SB const& sB,
-                                          RAView& rA_view, RBView& rB_view, CopyA const& copy_a,
-                                          CopyB const& copy_b) {
-  copy(copy_a, sA(_, _, 0), rA_view(_, _, 0));
-  copy(copy_b, sB(_, _, 0), rB_view(_, _, 0));
-  CUTE_UNROLL
-  for (int k = 0; k < size<2>(rA); ++k) {
-    if (k + 1 < size<2>(rA)) {
-      copy(copy_a, sA(_, _, k + 1), rA_view(_, _, k + 1));
-      copy(copy_b, sB(_, _, k + 1), rB_view(_, _, k + 1));
-    }
-    gemm(mma, rA(_, _, k), rB(_, _, k), acc);
-  }
-}
-
-// acc += A B with A already in registers and B streamed from shared memory.
-template <class Mma, class Acc, class RA, class RB, class SB, class RBView, class CopyB>
-__device__ __forceinline__ void gemm_regs_smem(Mma& mma, Acc& acc, RA const& rA, RB& rB, SB const& sB,
-                                               RBView& rB_view, CopyB const& copy_b) {
-  copy(copy_b, sB(_, _, 0), rB_view(_, _, 0));
-  CUTE_UNROLL
-  for (int k = 0; k < size<2>(rA); ++k) {
-    if (k + 1 < size<2>(rA)) copy(copy_b, sB(_, _, k + 1), rB_view(_, _, k + 1));
-    gemm(mma, rA(_, _, k), rB(_, _, k), acc);
-  }
-}
-
-// tanh on the SFU (sm_75+): relative error about 2^-11, below bf16/fp16 output rounding.
-__device__ __forceinline__ float fast_tanh(float x) {
-  float y;
-  asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
 }
 
 // Scores the common case in fewer instructions: no softcap, and a positive scale when no bias is added
@@ -193,18 +131,6 @@ template <class T>
 struct TypeTag {
   using type = T;
 };
-
-// The number of entries of an ascending list (at(j), j < n) below `limit`.
-template <class At>
-__device__ __forceinline__ int count_below(int n, At at, int limit) {
-  int lo = 0, hi = n;
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    if (at(mid) < limit) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
-}
 
 // Cfg: the full-tile phase's configuration (whole plan tiles per step). A mask variant then walks
 // the partial tiles with FwdPartialConfig<Cfg> and per-element mask work.
@@ -568,16 +494,6 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
         copy(gmem_store, tOrO(_, m, k), tOgO(_, m, k));
     }
   }
-}
-
-// Sets a kernel's dynamic shared memory limit once per device; `done` is that kernel's own record.
-template <class Kernel>
-cudaError_t allow_smem(Kernel kernel, int bytes, int device, std::atomic<uint64_t>& done) {
-  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
-  if (bytes <= 48 * 1024 || (bit != 0 && (done.load(std::memory_order_relaxed) & bit))) return cudaSuccess;
-  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  if (err == cudaSuccess) done.fetch_or(bit, std::memory_order_relaxed);
-  return err;
 }
 
 template <typename Element, int kHeadDim, int kTileQ, bool kHasMask, bool kHasBias>

@@ -11,26 +11,10 @@
 #include <cfloat>
 #include <cmath>
 
+#include "sm80/device_math.cuh"
 #include "sm80/fragments.cuh"
 
 namespace dmattn::sm80 {
-
-__device__ __forceinline__ float quad_max(float x) {
-  x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 1));
-  return fmaxf(x, __shfl_xor_sync(0xffffffff, x, 2));
-}
-
-__device__ __forceinline__ float quad_sum(float x) {
-  x += __shfl_xor_sync(0xffffffff, x, 1);
-  return x + __shfl_xor_sync(0xffffffff, x, 2);
-}
-
-// exp2 on the SFU: one instruction (exp2f adds range handling the softmax does not need); -inf -> 0.
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
 
 // kRows rows per thread. Scores arrive as s / mult (mult > 0: the softmax scale folded into the
 // exponent, or 1). kExactShift: scores may be near the float limits (with a bias, and then mult is
@@ -39,6 +23,7 @@ __device__ __forceinline__ float fast_exp2(float x) {
 template <int kRows, bool kExactShift>
 struct OnlineSoftmax {
   static constexpr float kLog2e = 1.4426950408889634f;
+  static constexpr float kFusedShiftLimit = 8192.f;  // |ref * log2 e| the fused form is exact enough for
   float row_max[kRows];
   float row_sum[kRows];  // this thread's partial sums (reduced over the quad in finish)
 
@@ -69,14 +54,16 @@ struct OnlineSoftmax {
       row_max[r] = new_max;
       row_ref[r] = ref;
     }
-    // exp(x - ref) as one fused multiply-add, exp2(x * log2 e - ref * log2 e), unless ref * log2 e
-    // overflows (a row whose every kept score is below -FLT_MAX / log2 e, as with a bias of
-    // finfo.min): then the shift is exact, exp2((x - ref) * log2 e). A key alone at such a score
-    // in an ordinary row still gets exp2(-inf) = 0 from the fused form, its true weight in float.
+    // exp(x - ref) as one fused multiply-add, exp2(x * log2 e - ref * log2 e), while ref * log2 e
+    // is small enough that its rounding (|ref log2 e| * 2^-24) stays below 2^-11 in the exponent.
+    // Past that (a row whose kept scores all sit near a bias of -1e9, -1e30 or finfo.min) the
+    // rounded product is off by up to 2^-25 |ref| (for -1e30, ~1e22: exp2 gives inf or 0), so such
+    // warps shift exactly: exp2((x - ref) * log2 e). A key alone at such a score in an ordinary row
+    // still gets exp2(-huge) = 0 from the fused form, its true weight in float.
     bool exact = false;
     if constexpr (kExactShift) {
       CUTE_UNROLL
-      for (int r = 0; r < kRows; ++r) exact |= !(fabsf(row_ref[r] * mult_log2) <= FLT_MAX);
+      for (int r = 0; r < kRows; ++r) exact |= !(fabsf(row_ref[r] * mult_log2) <= kFusedShiftLimit);
       exact = __any_sync(0xffffffff, exact);
     }
     CUTE_UNROLL

@@ -38,6 +38,18 @@ struct TilePlan {
   }
 };
 
+// The number of entries of an ascending list (at(j), j < n) below `limit`.
+template <class At>
+__host__ __device__ __forceinline__ int count_below(int n, At at, int limit) {
+  int lo = 0, hi = n;
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (at(mid) < limit) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
 // The plan's extents for a problem's mask (rows left null).
 inline TilePlan plan_extents(const FwdProblem& p) {
   const ScoreView& m = p.scoring.mask;

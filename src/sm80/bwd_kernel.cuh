@@ -1,0 +1,567 @@
+// bwd_kernel.cuh: the SM80-class backward attention kernel (mma.sync m16n8k16, ldmatrix, cp.async).
+// One CTA per (64-key tile, kv head, batch) holds K and V of its tile in shared memory and dK, dV in
+// registers, and walks the query heads of its kv group, and for each the 64-row query steps whose
+// plan tiles keep something of its keys (fully kept ones with no mask work). Per step, with keys as
+// the M dimension of every product that stays on chip:
+//   S^T = K Q^T, dP^T = V dO^T -> P^T = exp(S^T - lse) (masks, bias, softcap), dS^T = P^T (dP^T - delta)
+//   -> P^T, dS^T staged in shared memory -> dV += P^T dO, dK += dS^T Q -> dQ_step = dS K, added to an
+//   fp32 accumulator (in key-tile order per query step when deterministic).
+// The next step's Q, dO and row statistics stream in during dQ. dbias is written, accumulated or
+// summed by the bias's shape (DbiasMode).
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/numeric_types.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <type_traits>
+
+#include "dmattn/dmattn.h"
+#include "family/problem.h"
+#include "sm80/bwd_launch.h"
+#include "sm80/device_math.cuh"
+#include "sm80/fragments.cuh"
+#include "sm80/launch_status.h"
+#include "sm80/score_tile.cuh"
+#include "sm80/tile_gemm.cuh"
+#include "sm80/tile_plan.h"
+
+namespace dmattn::sm80 {
+
+using namespace cute;
+
+template <typename Element_, int kHeadDim_>
+struct BwdConfig {
+  using Element = Element_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kTileQ = kBwdTileQ;
+  static constexpr int kTileKV = kBwdTileKV;
+  // 8 warps: 4 along M x 2 along N for every product. dK and dV (64 x D each) then take D / 4 floats
+  // per thread apiece, S^T and dP^T 16 each, dQ D / 4: about 128 accumulator floats at D = 128 (4
+  // warps would double that and spill). Because the warps split N, a warp's P^T rows do not hold all
+  // the queries dV's product sums over, so P^T and dS^T go through shared memory.
+  static constexpr int kWarps = 8;
+  static constexpr int kThreads = kWarps * 32;
+  static_assert(kHeadDim % 32 == 0 && kHeadDim <= 128, "the 64-key tile config serves D <= 128");
+
+  using Traits = RowTileTraits<Element, kHeadDim, kThreads>;
+  using MmaOp = typename Traits::MmaOp;
+  using TiledMma = TiledMMA<MMA_Atom<MmaOp>, Layout<Shape<_4, _2, _1>>, Tile<_64, _32, _16>>;
+
+  // (64, D) tiles: K, V, Q, dO; read transposed as (D, 64) for the products that sum over their rows.
+  using SmemAtom = typename Traits::SmemAtom;
+  using SmemLayoutRows = decltype(tile_to_shape(SmemAtom{}, Shape<_64, Int<kHeadDim>>{}));
+  using SmemLayoutRowsT = decltype(composition(SmemLayoutRows{}, make_layout(Shape<Int<kHeadDim>, _64>{}, GenRowMajor{})));
+  using SmemLayoutRowsTPlain = decltype(get_nonswizzle_portion(SmemLayoutRowsT{}));
+  // (keys, queries) tiles: P^T and dS^T; dS^T read transposed as (queries, keys) for dQ.
+  using SmemAtomPdS = decltype(composition(Swizzle<3, 3, 3>{}, Layout<Shape<_8, _64>, Stride<_64, _1>>{}));
+  using SmemLayoutPdS = decltype(tile_to_shape(SmemAtomPdS{}, Shape<_64, _64>{}));
+  using SmemLayoutPdST = decltype(composition(SmemLayoutPdS{}, make_layout(Shape<_64, _64>{}, GenRowMajor{})));
+  using SmemLayoutPdSTPlain = decltype(get_nonswizzle_portion(SmemLayoutPdST{}));
+
+  using SmemCopyN = typename Traits::SmemCopyN;
+  using SmemCopyT = typename Traits::SmemCopyT;
+  using GmemCopy = typename Traits::GmemCopy;
+  using GmemStore = typename Traits::GmemStore;
+
+  // Mask and bias tiles, staged as (queries, keys) like the tensors they come from.
+  using BiasTile = ScoreTile<Element, kTileQ, kTileKV, kThreads>;
+  using MaskTileBool = ScoreTile<uint8_t, kTileQ, kTileKV, kThreads>;
+  using MaskTileElem = ScoreTile<Element, kTileQ, kTileKV, kThreads>;
+
+  static constexpr int kSmemRows = int(sizeof(Element)) * int(cosize(SmemLayoutRows{}));
+  static constexpr int kSmemPdS = int(sizeof(Element)) * int(cosize(SmemLayoutPdS{}));
+  static constexpr int kSmemStats = 3 * kTileQ * 4;          // lse, delta, row fix of one step
+  static constexpr int kSmemReduce = 2 * kTileKV * 4;        // per-key dbias sums across warps
+  static constexpr int kSmemList = (kThreads + kWarps) * 4;  // one chunk of the step list, warp counts
+  static constexpr int kSmemMask = MaskTileElem::kSmemBytes > MaskTileBool::kSmemBytes ? MaskTileElem::kSmemBytes
+                                                                                       : MaskTileBool::kSmemBytes;
+  static constexpr int smem_bytes(bool has_mask, bool has_bias) {
+    // K, V; Q, dO and the row statistics twice (the next step's land during this one).
+    return 6 * kSmemRows + 2 * kSmemPdS + 2 * kSmemStats + kSmemReduce + kSmemList +
+           (has_bias ? BiasTile::kSmemBytes : 0) + (has_mask ? kSmemMask : 0);
+  }
+};
+
+// The softcap's tanh is the only per-call option tested inside the loop; without it the scores need
+// no tanh and dS no (1 - t^2) factor, so the common case is its own kernel (as in the forward).
+__host__ __device__ constexpr bool bwd_general_scores(float softcap) { return softcap > 0.f; }
+
+// dst[0] += a, dst[1] += b in global fp32 (dst 8-byte aligned): one vector reduction on sm_90+.
+__device__ __forceinline__ void add_pair(float* dst, float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(dst), "f"(a), "f"(b) : "memory");
+#else
+  atomicAdd(dst, a);
+  atomicAdd(dst + 1, b);
+#endif
+}
+
+// Thread 0 waits until *turn reaches `value` (an earlier CTA's adds are done); the CTA follows.
+__device__ __forceinline__ void wait_turn(const int32_t* turn, int value) {
+  if (threadIdx.x == 0) {
+    while (atomicAdd(const_cast<int32_t*>(turn), 0) != value) __nanosleep(64);
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+// Every thread's adds are visible device-wide before the CTA passes the turn on.
+__device__ __forceinline__ void pass_turn(int32_t* turn) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) atomicAdd(turn, 1);
+}
+
+template <class Cfg, bool kHasMask, bool kHasBias, bool kGeneralScores>
+__global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_constant__ BwdParams params) {
+  using Element = typename Cfg::Element;
+  constexpr int kTileQ = Cfg::kTileQ, kTileKV = Cfg::kTileKV, kHeadDim = Cfg::kHeadDim;
+  constexpr float kLog2e = 1.4426950408889634f;
+  const BwdProblem& p = params.p;
+  const Extents& s = p.shape;
+  const Scoring& sc = p.scoring;
+  const DbiasMode dbias_mode = params.dbias_mode;
+
+  extern __shared__ __align__(128) char smem[];
+  const int tid = threadIdx.x;
+  const int kt = blockIdx.x, h_kv = blockIdx.y, b = blockIdx.z;
+  const int k0 = kt * kTileKV;
+  const int group = s.heads / s.heads_kv;
+  const int diag = s.seqlen_k - s.seqlen_q;  // causal: row i sees key j iff j <= i + diag
+  const int head_dim = s.head_dim;
+  const int n_steps = (s.seqlen_q + kTileQ - 1) / kTileQ;
+  // Under causal no row before first_step sees a key of this tile.
+  const int first_step = sc.causal ? min(n_steps, max(0, k0 - diag) / kTileQ) : 0;
+  const int q_steps_pad = params.q_pad / kTileQ;
+
+  Element* smem_k = reinterpret_cast<Element*>(smem);
+  Element* smem_v = smem_k + cosize(typename Cfg::SmemLayoutRows{});
+  constexpr int kRowsElems = cosize(typename Cfg::SmemLayoutRows{});
+  Element* smem_q = smem_v + kRowsElems;     // two buffers
+  Element* smem_do = smem_q + 2 * kRowsElems;  // two buffers
+  Element* smem_p = smem_do + 2 * kRowsElems;
+  Element* smem_ds = smem_p + cosize(typename Cfg::SmemLayoutPdS{});
+  float* smem_stats = reinterpret_cast<float*>(smem_ds + cosize(typename Cfg::SmemLayoutPdS{}));
+  float* smem_reduce = smem_stats + 2 * 3 * kTileQ;  // stats: two buffers
+  int32_t* smem_list = reinterpret_cast<int32_t*>(smem_reduce + 2 * kTileKV);
+  int32_t* smem_counts = smem_list + Cfg::kThreads;
+  char* smem_scores = reinterpret_cast<char*>(smem_counts + Cfg::kWarps);
+  Element* smem_bias = reinterpret_cast<Element*>(smem_scores);
+  char* smem_mask = smem_scores + (kHasBias ? Cfg::BiasTile::kSmemBytes : 0);
+
+  Tensor sK = make_tensor(make_smem_ptr(smem_k), typename Cfg::SmemLayoutRows{});
+  Tensor sV = make_tensor(make_smem_ptr(smem_v), typename Cfg::SmemLayoutRows{});
+  Tensor sKt = make_tensor(make_smem_ptr(smem_k), typename Cfg::SmemLayoutRowsT{});
+  Tensor sRowsTPlain = make_tensor(make_smem_ptr(smem_q), typename Cfg::SmemLayoutRowsTPlain{});
+  Tensor sP = make_tensor(make_smem_ptr(smem_p), typename Cfg::SmemLayoutPdS{});
+  Tensor sdS = make_tensor(make_smem_ptr(smem_ds), typename Cfg::SmemLayoutPdS{});
+  Tensor sdST = make_tensor(make_smem_ptr(smem_ds), typename Cfg::SmemLayoutPdST{});
+  Tensor sdSTPlain = make_tensor(make_smem_ptr(smem_ds), typename Cfg::SmemLayoutPdSTPlain{});
+
+  typename Cfg::TiledMma mma;
+  auto thr_mma = mma.get_slice(tid);
+  auto copy_a_n = make_tiled_copy_A(typename Cfg::SmemCopyN{}, mma);
+  auto copy_b_n = make_tiled_copy_B(typename Cfg::SmemCopyN{}, mma);
+  auto copy_a_t = make_tiled_copy_A(typename Cfg::SmemCopyT{}, mma);
+  auto copy_b_t = make_tiled_copy_B(typename Cfg::SmemCopyT{}, mma);
+  auto thr_a_n = copy_a_n.get_thread_slice(tid);
+  auto thr_b_n = copy_b_n.get_thread_slice(tid);
+  auto thr_a_t = copy_a_t.get_thread_slice(tid);
+  auto thr_b_t = copy_b_t.get_thread_slice(tid);
+
+  Tensor acc_dk = partition_fragment_C(mma, Shape<_64, Int<kHeadDim>>{});
+  Tensor acc_dv = partition_fragment_C(mma, Shape<_64, Int<kHeadDim>>{});
+  clear(acc_dk);
+  clear(acc_dv);
+
+  // (key, query) of every S^T value this thread holds, in tile coordinates.
+  Tensor coord_s_acc = thr_mma.partition_C(make_identity_tensor(Shape<_64, _64>{}));
+  Tensor coord_s = make_tensor(coord_s_acc.data(), rows_cols(coord_s_acc.layout()));
+  constexpr int kRows = size<0>(decltype(coord_s.layout()){});
+  constexpr int kCols = size<1>(decltype(coord_s.layout()){});
+  const int warp_n = (tid / 32) / 4;  // the half of the queries this warp's S^T columns are in
+
+  typename Cfg::GmemCopy gmem_copy;
+  auto gmem_thr = gmem_copy.get_thread_slice(tid);
+  Tensor cRows = gmem_thr.partition_S(make_identity_tensor(Shape<_64, Int<kHeadDim>>{}));
+  auto row_tensor = [&](const RowView& v, int head, int rows) {
+    Element* base = static_cast<Element*>(v.data) + b * v.batch_stride + head * v.head_stride;
+    return make_tensor(make_gmem_ptr(base), make_shape(rows, Int<kHeadDim>{}), make_stride(v.row_stride, _1{}));
+  };
+  {
+    Tensor gK = local_tile(row_tensor(p.k, h_kv, s.seqlen_k), Shape<_64, Int<kHeadDim>>{}, make_coord(kt, 0));
+    Tensor gV = local_tile(row_tensor(p.v, h_kv, s.seqlen_k), Shape<_64, Int<kHeadDim>>{}, make_coord(kt, 0));
+    Tensor tKsK = gmem_thr.partition_D(sK);
+    Tensor tVsV = gmem_thr.partition_D(sV);
+    load_tile(gmem_copy, gmem_thr.partition_S(gK), tKsK, cRows, s.seqlen_k - k0, head_dim);
+    load_tile(gmem_copy, gmem_thr.partition_S(gV), tVsV, cRows, s.seqlen_k - k0, head_dim);
+    cp_async_fence();
+  }
+
+  const bool mask_bool = sc.mask_kind == MaskKind::kBool;
+  const bool mask_per_query = kHasMask && sc.mask.shape[2] != 1;
+  const bool bias_per_query = kHasBias && sc.bias.shape[2] != 1;
+  const int mask_pitch = mask_per_query ? (mask_bool ? Cfg::MaskTileBool::kPitch : Cfg::MaskTileElem::kPitch) : 0;
+  const int bias_pitch = bias_per_query ? Cfg::BiasTile::kPitch : 0;
+  const float softcap = kGeneralScores ? sc.softcap : 0.f;
+  const float qk_scale = kGeneralScores ? sc.scale / softcap : sc.scale;
+  const float scale_log2 = sc.scale * kLog2e;
+
+  // Mask and bias tiles of (head h, rows from row0) for this CTA's keys.
+  auto load_mask = [&](int h, int row0) {
+    if (mask_bool) {
+      typename Cfg::MaskTileBool(sc.mask, b, h, row0, s.seqlen_q)
+          .load(reinterpret_cast<uint8_t*>(smem_mask), k0, s.seqlen_k - k0, tid);
+    } else {
+      typename Cfg::MaskTileElem(sc.mask, b, h, row0, s.seqlen_q)
+          .load(reinterpret_cast<Element*>(smem_mask), k0, s.seqlen_k - k0, tid);
+    }
+  };
+  auto load_bias = [&](int h, int row0) {
+    typename Cfg::BiasTile(sc.bias, b, h, row0, s.seqlen_q).load(smem_bias, k0, s.seqlen_k - k0, tid);
+  };
+
+  // What one query step loads into buffer buf: Q, dO and the row statistics. An entry is
+  // step * 2 + (its plan tile is fully kept).
+  auto load_step_rows = [&](int h, int entry, int buf) {
+    const int step = entry >> 1, q0 = step * kTileQ;
+    Tensor sQ = make_tensor(make_smem_ptr(smem_q + buf * kRowsElems), typename Cfg::SmemLayoutRows{});
+    Tensor sdO = make_tensor(make_smem_ptr(smem_do + buf * kRowsElems), typename Cfg::SmemLayoutRows{});
+    float* stats = smem_stats + buf * 3 * kTileQ;
+    Tensor gQ = local_tile(row_tensor(p.q, h, s.seqlen_q), Shape<_64, Int<kHeadDim>>{}, make_coord(step, 0));
+    Tensor gdO = local_tile(row_tensor(p.dout, h, s.seqlen_q), Shape<_64, Int<kHeadDim>>{}, make_coord(step, 0));
+    Tensor tQsQ = gmem_thr.partition_D(sQ);
+    Tensor tdOsdO = gmem_thr.partition_D(sdO);
+    load_tile(gmem_copy, gmem_thr.partition_S(gQ), tQsQ, cRows, s.seqlen_q - q0, head_dim);
+    load_tile(gmem_copy, gmem_thr.partition_S(gdO), tdOsdO, cRows, s.seqlen_q - q0, head_dim);
+    if (tid < 3 * kTileQ / 4) {
+      const int which = tid / (kTileQ / 4), chunk = tid % (kTileQ / 4);
+      const float* src = which == 0 ? params.lse : which == 1 ? params.delta : params.row_fix;
+      src += (int64_t(b) * s.heads + h) * params.q_pad + q0 + chunk * 4;
+      SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(*reinterpret_cast<const cute::uint128_t*>(src),
+                                                       *reinterpret_cast<cute::uint128_t*>(stats + which * kTileQ + chunk * 4));
+    }
+    cp_async_fence();
+  };
+  // And its per-query mask and bias tiles (one buffer: loaded once the previous step has read them).
+  auto load_step_tiles = [&](int h, int entry) {
+    const int q0 = (entry >> 1) * kTileQ;
+    if constexpr (kHasMask) {
+      if (mask_per_query && !(entry & 1)) load_mask(h, q0);
+    }
+    if constexpr (kHasBias) {
+      if (bias_per_query) load_bias(h, q0);
+    }
+    cp_async_fence();
+  };
+
+  // The plan's classes for this key tile, down the column of (b, h)'s plan tiles.
+  auto class_column = [&](int h) -> const uint8_t* {
+    const TilePlan& plan = params.plan;
+    const int mb = plan.batches == 1 ? 0 : b;
+    const int mh = plan.heads == 1 ? 0 : h / sc.mask.head_group;
+    return params.tile_class + (int64_t(mb) * plan.heads + mh) * plan.q_tiles * plan.k_tiles + k0 / kPlanTileKV;
+  };
+  // The number of key tiles before this one that add to the dQ rows of `step` (its turn there).
+  auto dq_rank = [&](int h, int step) -> int {
+    if constexpr (!kHasMask) {
+      return kt;
+    } else {
+      const TilePlan& plan = params.plan;
+      const int32_t* row = plan.row(sc.mask, b, h, step * kTileQ / kPlanTileQ);
+      const int32_t* full = row + 2;
+      const int32_t* partial = row + 2 + plan.k_tiles - 1;
+      return count_below(row[0], [&](int j) { return full[j]; }, kt) +
+             count_below(row[1], [&](int j) { return partial[-j]; }, kt);
+    }
+  };
+
+  float dbias_rows[kRows];  // kPerKey: this thread's sums of dS over queries, per key row
+
+  auto run_step = [&](int h, int entry, int next_entry, int buf) {
+    const int step = entry >> 1, q0 = step * kTileQ;
+    Tensor sQ = make_tensor(make_smem_ptr(smem_q + buf * kRowsElems), typename Cfg::SmemLayoutRows{});
+    Tensor sdO = make_tensor(make_smem_ptr(smem_do + buf * kRowsElems), typename Cfg::SmemLayoutRows{});
+    Tensor sQt = make_tensor(make_smem_ptr(smem_q + buf * kRowsElems), typename Cfg::SmemLayoutRowsT{});
+    Tensor sdOt = make_tensor(make_smem_ptr(smem_do + buf * kRowsElems), typename Cfg::SmemLayoutRowsT{});
+    const float* stats = smem_stats + buf * 3 * kTileQ;
+    const bool masked = kHasMask && !(entry & 1);
+    const bool check = masked || k0 + kTileKV > s.seqlen_k || (sc.causal && k0 + kTileKV - 1 > q0 + diag);
+    // deterministic kFullAccum across CTAs: this step's dbias tile is added in (b, h) order.
+    int32_t* dbias_turn = nullptr;
+    if (params.dbias_turn != nullptr) {
+      const ScoreView& dv = p.dbias;
+      const int heads_per = s.heads / dv.shape[1];
+      const int bb = dv.shape[0] == 1 ? 0 : b, hb = h / heads_per;
+      dbias_turn = params.dbias_turn + ((int64_t(bb) * dv.shape[1] + hb) * q_steps_pad + step) * gridDim.x + kt;
+      const int rank = (dv.shape[0] == 1 ? b : 0) * heads_per + h % heads_per;
+      if (tid == 0)
+        while (atomicAdd(dbias_turn, 0) != rank) __nanosleep(64);
+    }
+    cp_async_wait<0>();  // this step's loads (and K, V, per-head tiles) have landed
+    __syncthreads();
+    // The next step's rows stream into the other buffer, last read by the previous step.
+    if (next_entry >= 0) load_step_rows(h, next_entry, buf ^ 1);
+
+    Tensor acc_s = partition_fragment_C(mma, Shape<_64, _64>{});  // S^T (keys, queries)
+    Tensor acc_dp = partition_fragment_C(mma, Shape<_64, _64>{});  // dP^T
+    {
+      Tensor tSrK = thr_mma.partition_fragment_A(sK);
+      Tensor tSrQ = thr_mma.partition_fragment_B(sQ);
+      Tensor tSrK_view = thr_a_n.retile_D(tSrK);
+      Tensor tSrQ_view = thr_b_n.retile_D(tSrQ);
+      clear(acc_s);
+      gemm_smem(mma, acc_s, tSrK, tSrQ, thr_a_n.partition_S(sK), thr_b_n.partition_S(sQ), tSrK_view, tSrQ_view,
+                copy_a_n, copy_b_n);
+    }
+    {
+      Tensor tSrV = thr_mma.partition_fragment_A(sV);
+      Tensor tSrdO = thr_mma.partition_fragment_B(sdO);
+      Tensor tSrV_view = thr_a_n.retile_D(tSrV);
+      Tensor tSrdO_view = thr_b_n.retile_D(tSrdO);
+      clear(acc_dp);
+      gemm_smem(mma, acc_dp, tSrV, tSrdO, thr_a_n.partition_S(sV), thr_b_n.partition_S(sdO), tSrV_view, tSrdO_view,
+                copy_a_n, copy_b_n);
+    }
+
+    // P^T and dS^T, element by element. Columns are queries: their statistics come from the stage.
+    Tensor st = make_tensor(acc_s.data(), rows_cols(acc_s.layout()));
+    Tensor dpt = make_tensor(acc_dp.data(), rows_cols(acc_dp.layout()));
+    float col_lse[kCols], col_delta[kCols], col_fix[kCols];
+    bool fix_any = false;
+    CUTE_UNROLL
+    for (int c = 0; c < kCols; ++c) {
+      const int tq = get<1>(coord_s(0, c));
+      col_lse[c] = stats[tq];
+      col_delta[c] = stats[kTileQ + tq];
+      col_fix[c] = stats[2 * kTileQ + tq];
+      fix_any |= col_fix[c] != 1.f;
+    }
+    if constexpr (kHasBias) fix_any = __any_sync(0xffffffff, fix_any);
+    const ScoreView& dbv = p.dbias;
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      const int tk = get<0>(coord_s(r, 0));
+      const int key = k0 + tk;
+      CUTE_UNROLL
+      for (int c = 0; c < kCols; ++c) {
+        const int tq = get<1>(coord_s(r, c));
+        const int row = q0 + tq;
+        const float raw = st(r, c);
+        float t = 0.f, prob;
+        if constexpr (kHasBias || kGeneralScores) {
+          float x;
+          if constexpr (kGeneralScores) {
+            t = fast_tanh(raw * qk_scale);
+            x = softcap * t;
+          } else {
+            x = raw * sc.scale;
+          }
+          if constexpr (kHasBias) x += static_cast<float>(smem_bias[tq * bias_pitch + tk]);
+          // Exact shift: x and lse may both sit near a bias of finfo.min.
+          prob = fast_exp2((x - col_lse[c]) * kLog2e);
+        } else {
+          prob = fast_exp2(fmaf(raw, scale_log2, -col_lse[c] * kLog2e));
+        }
+        if (check) {
+          bool keep = key < s.seqlen_k && !(sc.causal && key > row + diag);
+          if (kHasMask && masked) {
+            const int at = tq * mask_pitch + tk;
+            keep = keep && (mask_bool ? reinterpret_cast<const uint8_t*>(smem_mask)[at] != 0
+                                      : static_cast<float>(reinterpret_cast<const Element*>(smem_mask)[at]) != 0.f);
+          }
+          prob = keep ? prob : 0.f;
+        }
+        if (kHasBias && fix_any) prob *= col_fix[c];
+        float ds = prob * (dpt(r, c) - col_delta[c]);
+        if constexpr (kHasBias) {
+          // The bias's gradient is dS before the softcap's chain factor.
+          if (dbias_mode == DbiasMode::kPerKey) {
+            dbias_rows[r] += ds;
+          } else if (dbias_mode == DbiasMode::kFullDirect) {
+            if (row < s.seqlen_q && key < s.seqlen_k)
+              static_cast<Element*>(dbv.data)[b * dbv.batch_stride + h * dbv.head_stride + row * dbv.query_stride + key] =
+                  static_cast<Element>(ds);
+          } else if (dbias_mode == DbiasMode::kFullAccum) {
+            if (row < s.seqlen_q && key < s.seqlen_k && ds != 0.f) {
+              const int bb = dbv.shape[0] == 1 ? 0 : b, hb = dbv.shape[1] == 1 ? 0 : h / dbv.head_group;
+              atomicAdd(params.dbias_accum + ((int64_t(bb) * dbv.shape[1] + hb) * s.seqlen_q + row) * s.seqlen_k + key, ds);
+            }
+          }
+        }
+        if constexpr (kGeneralScores) ds *= 1.f - t * t;  // d(c tanh(x / c)) / dx
+        st(r, c) = prob;
+        dpt(r, c) = ds;
+      }
+    }
+    {
+      auto copy_c = make_tiled_copy_C(Copy_Atom<DefaultCopy, Element>{}, mma);
+      auto thr_c = copy_c.get_thread_slice(tid);
+      Tensor p_cast = convert_fragment<Element>(acc_s);
+      Tensor ds_cast = convert_fragment<Element>(acc_dp);
+      copy(copy_c, thr_c.retile_S(p_cast), thr_c.partition_D(sP));
+      copy(copy_c, thr_c.retile_S(ds_cast), thr_c.partition_D(sdS));
+    }
+    if (dbias_turn != nullptr) pass_turn(dbias_turn);
+    else __syncthreads();  // P^T and dS^T staged
+
+    {  // dV += P^T dO, dK += dS^T Q
+      Tensor rA = thr_mma.partition_fragment_A(sP);
+      Tensor rB = thr_mma.partition_fragment_B(sRowsTPlain);
+      Tensor rA_view = thr_a_n.retile_D(rA);
+      Tensor rB_view = thr_b_t.retile_D(rB);
+      gemm_smem(mma, acc_dv, rA, rB, thr_a_n.partition_S(sP), thr_b_t.partition_S(sdOt), rA_view, rB_view, copy_a_n,
+                copy_b_t);
+      gemm_smem(mma, acc_dk, rA, rB, thr_a_n.partition_S(sdS), thr_b_t.partition_S(sQt), rA_view, rB_view, copy_a_n,
+                copy_b_t);
+    }
+    __syncthreads();  // every warp is done with Q, dO and the stage: the next step may load
+    if (next_entry >= 0) load_step_tiles(h, next_entry);
+
+    Tensor acc_dq = partition_fragment_C(mma, Shape<_64, Int<kHeadDim>>{});  // (queries, D)
+    {
+      Tensor rA = thr_mma.partition_fragment_A(sdSTPlain);
+      Tensor rB = thr_mma.partition_fragment_B(sRowsTPlain);
+      Tensor rA_view = thr_a_t.retile_D(rA);
+      Tensor rB_view = thr_b_t.retile_D(rB);
+      clear(acc_dq);
+      gemm_smem(mma, acc_dq, rA, rB, thr_a_t.partition_S(sdST), thr_b_t.partition_S(sKt), rA_view, rB_view, copy_a_t,
+                copy_b_t);
+    }
+    int32_t* dq_turn = nullptr;
+    if (params.dq_turn != nullptr) {
+      dq_turn = params.dq_turn + (int64_t(b) * s.heads + h) * q_steps_pad + step;
+      wait_turn(dq_turn, dq_rank(h, step));
+    }
+    Tensor coord_dq_acc = thr_mma.partition_C(make_identity_tensor(Shape<_64, Int<kHeadDim>>{}));
+    float* dq_rows = params.dq_accum + ((int64_t(b) * s.heads + h) * params.q_pad + q0) * params.dq_stride;
+    // Accumulator values come in pairs of adjacent columns.
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc_dq); i += 2)
+      add_pair(dq_rows + get<0>(coord_dq_acc(i)) * params.dq_stride + get<1>(coord_dq_acc(i)), acc_dq(i), acc_dq(i + 1));
+    if (dq_turn != nullptr) pass_turn(dq_turn);
+  };
+
+  for (int g = 0; g < group; ++g) {
+    const int h = h_kv * group + g;
+    // The previous head's per-head tiles are neither read nor still landing.
+    cp_async_wait<0>();
+    __syncthreads();
+    if constexpr (kHasBias) {
+      CUTE_UNROLL
+      for (int r = 0; r < kRows; ++r) dbias_rows[r] = 0.f;
+      if (!bias_per_query) load_bias(h, 0);
+    }
+    if constexpr (kHasMask) {
+      if (!mask_per_query) load_mask(h, 0);
+    }
+    const uint8_t* column = nullptr;
+    if constexpr (kHasMask) column = class_column(h);
+    for (int chunk0 = first_step; chunk0 < n_steps; chunk0 += Cfg::kThreads) {
+      // This chunk's steps that keep something, compacted in order (without a mask: all of them).
+      int n = min(Cfg::kThreads, n_steps - chunk0);
+      if constexpr (kHasMask) {
+        const int step = chunk0 + tid;
+        int entry = -1;
+        if (step < n_steps) {
+          const int qt = params.plan.q_tiles == 1 ? 0 : step * kTileQ / kPlanTileQ;
+          const int cls = column[int64_t(qt) * params.plan.k_tiles];
+          if (cls != 0) entry = step * 2 + (cls == 2);
+        }
+        const unsigned ballot = __ballot_sync(0xffffffff, entry >= 0);
+        const int warp = tid / 32, lane = tid % 32;
+        __syncthreads();  // the previous chunk's list is no longer read
+        if (lane == 0) smem_counts[warp] = __popc(ballot);
+        __syncthreads();
+        int offset = 0;
+        n = 0;
+        for (int w = 0; w < Cfg::kWarps; ++w) {
+          offset += w < warp ? smem_counts[w] : 0;
+          n += smem_counts[w];
+        }
+        if (entry >= 0) smem_list[offset + __popc(ballot & ((1u << lane) - 1))] = entry;
+        __syncthreads();
+      }
+      auto entry_at = [&](int i) { return kHasMask ? smem_list[i] : (chunk0 + i) * 2 + 1; };
+      if (n == 0) continue;
+      load_step_rows(h, entry_at(0), 0);
+      load_step_tiles(h, entry_at(0));
+      for (int i = 0; i < n; ++i) run_step(h, entry_at(i), i + 1 < n ? entry_at(i + 1) : -1, i & 1);
+    }
+    if constexpr (kHasBias) {
+      if (dbias_mode == DbiasMode::kPerKey) {
+        // Row sums over the quad, then over the 2 warps along queries.
+        CUTE_UNROLL
+        for (int r = 0; r < kRows; ++r) {
+          const float v = quad_sum(dbias_rows[r]);
+          if ((tid % 4) == 0) smem_reduce[warp_n * kTileKV + get<0>(coord_s(r, 0))] = v;
+        }
+        __syncthreads();
+        if (tid < kTileKV && k0 + tid < s.seqlen_k)
+          params.dbias_accum[(int64_t(b) * s.heads + h) * s.seqlen_k + k0 + tid] = smem_reduce[tid] + smem_reduce[kTileKV + tid];
+        __syncthreads();
+      }
+    }
+  }
+
+  // Epilogue: dK (scaled) and dV through shared memory (over K and V) with 16-byte stores.
+  cp_async_wait<0>();
+  __syncthreads();
+  CUTE_UNROLL
+  for (int i = 0; i < size(acc_dk); ++i) acc_dk(i) *= sc.scale;
+  auto copy_c = make_tiled_copy_C(Copy_Atom<DefaultCopy, Element>{}, mma);
+  auto thr_c = copy_c.get_thread_slice(tid);
+  Tensor dk_cast = convert_fragment<Element>(acc_dk);
+  Tensor dv_cast = convert_fragment<Element>(acc_dv);
+  copy(copy_c, thr_c.retile_S(dk_cast), thr_c.partition_D(sK));
+  copy(copy_c, thr_c.retile_S(dv_cast), thr_c.partition_D(sV));
+  __syncthreads();
+  typename Cfg::GmemStore gmem_store;
+  auto store_thr = gmem_store.get_thread_slice(tid);
+  Tensor cOut = store_thr.partition_D(make_identity_tensor(Shape<_64, Int<kHeadDim>>{}));
+  auto store_rows = [&](const RowView& view, auto const& src) {
+    Tensor g = local_tile(row_tensor(view, h_kv, s.seqlen_k), Shape<_64, Int<kHeadDim>>{}, make_coord(kt, 0));
+    Tensor tS = store_thr.partition_S(src);
+    Tensor tG = store_thr.partition_D(g);
+    Tensor tR = make_tensor<Element>(shape(tG));
+    copy(gmem_store, tS, tR);
+    CUTE_UNROLL
+    for (int m = 0; m < size<1>(tR); ++m) {
+      CUTE_UNROLL
+      for (int k = 0; k < size<2>(tR); ++k) {
+        if (k0 + get<0>(cOut(0, m, k)) < s.seqlen_k && get<1>(cOut(0, m, k)) < head_dim)
+          copy(gmem_store, tR(_, m, k), tG(_, m, k));
+      }
+    }
+  };
+  store_rows(p.dk, sK);
+  store_rows(p.dv, sV);
+}
+
+template <typename Element, int kHeadDim, bool kHasMask, bool kHasBias>
+dmattn_status launch_bwd_variant(const BwdParams& params, char* msg, size_t msg_len) {
+  using Cfg = BwdConfig<Element, kHeadDim>;
+  const BwdProblem& p = params.p;
+  const bool general = bwd_general_scores(p.scoring.softcap);
+  auto kernel = general ? bwd_kernel<Cfg, kHasMask, kHasBias, true> : bwd_kernel<Cfg, kHasMask, kHasBias, false>;
+  constexpr int smem = Cfg::smem_bytes(kHasMask, kHasBias);
+  static std::atomic<uint64_t> smem_allowed[2];
+  cudaError_t err = allow_smem(kernel, smem, p.launch.device, smem_allowed[general]);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    snprintf(msg, msg_len,
+             "the backward kernel (head_dim bucket %d%s%s) needs %d bytes of shared memory, more than this GPU "
+             "allows a block (%s); not implemented for this GPU yet",
+             kHeadDim, kHasMask ? ", mask" : "", kHasBias ? ", bias" : "", smem, cudaGetErrorString(err));
+    return DMATTN_STATUS_NOT_IMPLEMENTED;
+  }
+  dim3 grid((p.shape.seqlen_k + Cfg::kTileKV - 1) / Cfg::kTileKV, p.shape.heads_kv, p.shape.batch);
+  if (grid.x == 0 || grid.z == 0) return DMATTN_STATUS_SUCCESS;  // no keys: dq (and dbias) come out 0
+  kernel<<<grid, Cfg::kThreads, smem, static_cast<cudaStream_t>(p.launch.stream)>>>(params);
+  return launch_status("backward kernel", msg, msg_len);
+}
+
+}  // namespace dmattn::sm80
