@@ -81,23 +81,21 @@ step "benchmark: host overhead"
 $PY benchmarks/bench_overhead.py --json "$SCRATCH/overhead.json" 2>&1 | tee "$RESULTS/overhead.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
-FORWARD=${GPU_CHECK_FORWARD:-quick}
-if [ "$FORWARD" != skip ]; then
-  step "benchmark: forward against the peers ($FORWARD)"
-  $PY benchmarks/bench_forward.py $([ "$FORWARD" = quick ] && echo --quick) --out "$SCRATCH/forward" 2>&1 \
-    | tee "$RESULTS/forward.txt"
+# One peer benchmark: bench_peers NAME MODE (quick, full or skip) runs benchmarks/bench_NAME.py into
+# $SCRATCH/NAME and its printout into $RESULTS/NAME.txt.
+bench_peers() {
+  local name=$1 mode=$2
+  [ "$mode" = skip ] && return 0
+  step "benchmark: $name against the peers ($mode)"
+  $PY "benchmarks/bench_$name.py" $([ "$mode" = quick ] && echo --quick) --out "$SCRATCH/$name" 2>&1 \
+    | tee "$RESULTS/$name.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-  cp "$SCRATCH/forward/results.json" "$RESULTS/forward.json" 2>/dev/null
-  cp "$SCRATCH/forward/sweep.png" "$RESULTS/sweep.png" 2>/dev/null
-fi
+}
 
-BACKWARD=${GPU_CHECK_BACKWARD:-quick}
-if [ "$BACKWARD" != skip ]; then
-  step "benchmark: backward against the peers ($BACKWARD)"
-  $PY benchmarks/bench_backward.py $([ "$BACKWARD" = quick ] && echo --quick) --out "$SCRATCH/backward" 2>&1 \
-    | tee "$RESULTS/backward.txt"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-fi
+bench_peers forward "${GPU_CHECK_FORWARD:-quick}"
+cp "$SCRATCH/forward/results.json" "$RESULTS/forward.json" 2>/dev/null
+cp "$SCRATCH/forward/sweep.png" "$RESULTS/sweep.png" 2>/dev/null
+bench_peers backward "${GPU_CHECK_BACKWARD:-quick}"
 
 if [ "${GPU_CHECK_PROFILE:-0}" = 1 ]; then
   step "profile: ncu on the forward kernel"

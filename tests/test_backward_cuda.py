@@ -15,27 +15,10 @@ import torch
 from flash_dmattn import reference
 from flash_dmattn.backends import cuda as cuda_backend
 
+from helpers.kernels import require_kernels
 from helpers.oracle import assert_close_to_oracle, naive_attention, rand_inputs
 
 pytestmark = pytest.mark.gpu
-
-BUCKETS = (32, 64, 96, 128, 192, 256)
-NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
-def bucket(d: int) -> int:
-    return next(b for b in BUCKETS if d <= b)
-
-
-def require_kernels(dtype: torch.dtype, head_dim: int) -> None:
-    reason = cuda_backend.library_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    rows = cuda_backend.info()["kernels"]
-    for direction in ("fwd", "bwd"):
-        if not any(r.endswith(f":{direction}:{NAMES[dtype]}:{bucket(head_dim)}") for r in rows):
-            pytest.skip(f"no {direction} kernel built for {NAMES[dtype]} head_dim bucket {bucket(head_dim)}")
-
 
 def poisoned(shape, dtype, device="cuda"):
     return torch.full(shape, float("nan"), dtype=dtype, device=device)
@@ -76,7 +59,7 @@ def naive_grads(inp, *, scale, causal=False, softcap=0.0):
 
 def check_grads(inp, *, dtype, name, scale=None, causal=False, softcap=0.0, deterministic=False):
     D = inp.q.shape[-1]
-    require_kernels(dtype, D)
+    require_kernels(dtype, D, "fwd", "bwd")
     scale = D**-0.5 if scale is None else scale
     _, *got = kernel_grads(inp, scale=scale, causal=causal, softcap=softcap, deterministic=deterministic)
     want = oracle_grads(inp, scale=scale, causal=causal, softcap=softcap)
@@ -97,7 +80,7 @@ def check_grads(inp, *, dtype, name, scale=None, causal=False, softcap=0.0, dete
 
 def run_case(B, Q, K, H, H_kv, D, *, dtype=torch.bfloat16, mask_shape=None, mask_dtype=torch.bool, bias_shape=None,
              causal=False, softcap=0.0, keep_prob=0.7, deterministic=False, name=""):
-    require_kernels(dtype, D)
+    require_kernels(dtype, D, "fwd", "bwd")
     inp = rand_inputs(B, Q, K, H, H_kv, D, dtype=dtype, mask_shape=mask_shape, mask_dtype=mask_dtype,
                       bias_shape=bias_shape, keep_prob=keep_prob)
     return check_grads(inp, dtype=dtype, name=name, causal=causal, softcap=softcap, deterministic=deterministic)
@@ -211,7 +194,7 @@ def test_deterministic_mode_is_bitwise_reproducible(bias_shape):
     """deterministic=True: dq (key tiles add in order) and dbias (sums across CTAs in order) come out
     bitwise equal run to run, and still match the reference."""
     B, Q, K, H, H_kv, D = 2, 200, 260, 4, 2, 64
-    require_kernels(torch.bfloat16, D)
+    require_kernels(torch.bfloat16, D, "fwd", "bwd")
     inp = rand_inputs(B, Q, K, H, H_kv, D, dtype=torch.bfloat16, mask_shape=(B, 1, Q, K), bias_shape=bias_shape)
     first = check_grads(inp, dtype=torch.bfloat16, name=f"deterministic {bias_shape}", causal=True,
                         deterministic=True)
@@ -222,7 +205,7 @@ def test_deterministic_mode_is_bitwise_reproducible(bias_shape):
 
 
 def test_no_queries_gives_zero_dk_dv_and_no_keys_zero_dq():
-    require_kernels(torch.bfloat16, 64)
+    require_kernels(torch.bfloat16, 64, "fwd", "bwd")
     for Q, K in ((0, 100), (100, 0)):
         inp = rand_inputs(1, Q, K, 2, 1, 64, dtype=torch.bfloat16, bias_shape=(1, 2, Q, K))
         dev = [t.cuda() for t in (inp.q, inp.k, inp.v, inp.dout, inp.bias)]
@@ -241,7 +224,7 @@ def test_public_api_trains_through_the_kernels():
     """flash_dmattn_func's autograd runs our backward: gradients for q, k, v and a learned per-key bias."""
     from flash_dmattn import flash_dmattn_func
 
-    require_kernels(torch.bfloat16, 64)
+    require_kernels(torch.bfloat16, 64, "fwd", "bwd")
     inp = rand_inputs(2, 180, 180, 4, 2, 64, dtype=torch.bfloat16, mask_shape=(2, 2, 180, 180),
                       bias_shape=(2, 2, 1, 180))
     leaf = lambda t: t.cuda().requires_grad_()  # noqa: E731

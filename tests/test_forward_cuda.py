@@ -13,30 +13,14 @@ import torch
 from flash_dmattn import reference
 from flash_dmattn.backends import cuda as cuda_backend
 
+from helpers.kernels import require_kernels
 from helpers.oracle import assert_close_to_oracle, naive_attention, rand_inputs
 
 pytestmark = pytest.mark.gpu
 
-BUCKETS = (32, 64, 96, 128, 192, 256)
-
-
-def bucket(d: int) -> int:
-    return next(b for b in BUCKETS if d <= b)
-
-
-def require_kernel(dtype: torch.dtype, head_dim: int) -> None:
-    reason = cuda_backend.library_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    name = {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
-    rows = cuda_backend.info()["kernels"]
-    if not any(r.endswith(f":fwd:{name}:{bucket(head_dim)}") for r in rows):
-        pytest.skip(f"no forward kernel built for {name} head_dim bucket {bucket(head_dim)}")
-
-
 def run_case(B, Q, K, H, H_kv, D, *, dtype=torch.bfloat16, mask_shape=None, mask_dtype=torch.bool,
              bias_shape=None, causal=False, softcap=0.0, keep_prob=0.7, name=""):
-    require_kernel(dtype, D)
+    require_kernels(dtype, D)
     inp = rand_inputs(B, Q, K, H, H_kv, D, dtype=dtype, mask_shape=mask_shape, mask_dtype=mask_dtype,
                       bias_shape=bias_shape, keep_prob=keep_prob)
     dev = lambda t: None if t is None else t.cuda()  # noqa: E731
@@ -94,7 +78,7 @@ def test_softcap_with_bias_matches_reference():
 
 def test_fully_masked_rows_give_zero_and_neg_inf_lse():
     B, Q, K, H, D = 1, 70, 90, 2, 64
-    require_kernel(torch.bfloat16, D)
+    require_kernels(torch.bfloat16, D)
     q, k, v = (torch.randn(B, n, H, D, device="cuda", dtype=torch.bfloat16) for n in (Q, K, K))
     mask = torch.rand(B, H, Q, K, device="cuda") > 0.3
     mask[:, :, 5] = False       # one row keeps nothing
@@ -128,7 +112,7 @@ def test_hugely_negative_bias_row_is_an_ordinary_very_negative_score(value):
     |score| ~ 5700 the softmax shifts exactly (the fused shift's rounding would reach the exponent:
     at -1e30 it made exp2 overflow)."""
     B, Q, K, H, D = 1, 16, 48, 1, 64
-    require_kernel(torch.bfloat16, D)
+    require_kernels(torch.bfloat16, D)
     inp = rand_inputs(B, Q, K, H, H, D, dtype=torch.bfloat16, bias_shape=(B, H, Q, K))
     inp.bias[:, :, 3] = torch.finfo(torch.bfloat16).min if value == "finfo.min" else value
     inp.bias[:, :, 5, ::2] = torch.finfo(torch.bfloat16).min if value == "finfo.min" else value
@@ -143,7 +127,7 @@ def test_hugely_negative_bias_row_is_an_ordinary_very_negative_score(value):
 
 
 def test_public_api_runs_the_kernel_and_matches_reference():
-    require_kernel(torch.bfloat16, 64)
+    require_kernels(torch.bfloat16, 64)
     import flash_dmattn
 
     inp = rand_inputs(2, 65, 90, 4, 2, 64, dtype=torch.bfloat16, mask_shape=(2, 2, 1, 90), bias_shape=(2, 4, 1, 90))
@@ -159,7 +143,7 @@ def test_public_api_runs_the_kernel_and_matches_reference():
 
 def test_repeat_runs_are_bitwise_equal():
     B, Q, K, H, D = 2, 100, 150, 4, 64
-    require_kernel(torch.bfloat16, D)
+    require_kernels(torch.bfloat16, D)
     q, k, v = (torch.randn(B, n, H, D, device="cuda", dtype=torch.bfloat16) for n in (Q, K, K))
     bias = torch.randn(B, H, 1, K, device="cuda", dtype=torch.bfloat16)
     outs = []
@@ -176,7 +160,7 @@ def test_repeat_runs_are_bitwise_equal():
 def check_tensors(q, k, v, mask, bias, *, causal, name, softcap=0.0, scale=None):
     """Runs the kernel on the given (possibly strided) CUDA tensors and compares with the oracle."""
     B, Q, H, D = q.shape
-    require_kernel(q.dtype, D)
+    require_kernels(q.dtype, D)
     scale = D ** -0.5 if scale is None else scale
     out = torch.full_like(q, float("nan"))
     lse = torch.full((B, H, Q), float("nan"), device="cuda", dtype=torch.float32)
@@ -242,7 +226,7 @@ def test_query_tiles_longest_first_cover_every_row_of_a_long_causal_sequence():
 
 def test_mask_keeping_nothing_gives_zero_everywhere():
     B, Q, K, H, D = 1, 130, 200, 2, 64
-    require_kernel(torch.bfloat16, D)
+    require_kernels(torch.bfloat16, D)
     q, k, v = (torch.randn(B, n, H, D, device="cuda", dtype=torch.bfloat16) for n in (Q, K, K))
     mask = torch.zeros(B, H, 1, K, device="cuda", dtype=torch.bool)
     out = torch.full_like(q, float("nan"))

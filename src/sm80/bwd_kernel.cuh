@@ -6,8 +6,9 @@
 //   S^T = K Q^T, dP^T = V dO^T -> P^T = exp(S^T - lse) (masks, bias, softcap), dS^T = P^T (dP^T - delta)
 //   -> P^T, dS^T staged in shared memory -> dV += P^T dO, dK += dS^T Q -> dQ_step = dS K, added to an
 //   fp32 accumulator (in key-tile order per query step when deterministic).
-// The next step's Q, dO and row statistics stream in during dQ. dbias is written, accumulated or
-// summed by the bias's shape (DbiasMode).
+// Q, dO and the row statistics are double-buffered: the next step's stream in during the whole of
+// this one; its mask and bias tiles (one buffer) during dQ. dbias is written, accumulated or summed
+// by the bias's shape (DbiasMode).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -167,10 +168,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
   auto copy_b_n = make_tiled_copy_B(typename Cfg::SmemCopyN{}, mma);
   auto copy_a_t = make_tiled_copy_A(typename Cfg::SmemCopyT{}, mma);
   auto copy_b_t = make_tiled_copy_B(typename Cfg::SmemCopyT{}, mma);
-  auto thr_a_n = copy_a_n.get_thread_slice(tid);
-  auto thr_b_n = copy_b_n.get_thread_slice(tid);
-  auto thr_a_t = copy_a_t.get_thread_slice(tid);
-  auto thr_b_t = copy_b_t.get_thread_slice(tid);
 
   Tensor acc_dk = partition_fragment_C(mma, Shape<_64, Int<kHeadDim>>{});
   Tensor acc_dv = partition_fragment_C(mma, Shape<_64, Int<kHeadDim>>{});
@@ -182,7 +179,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
   Tensor coord_s = make_tensor(coord_s_acc.data(), rows_cols(coord_s_acc.layout()));
   constexpr int kRows = size<0>(decltype(coord_s.layout()){});
   constexpr int kCols = size<1>(decltype(coord_s.layout()){});
-  const int warp_n = (tid / 32) / 4;  // the half of the queries this warp's S^T columns are in
+  // Which of the 2 warps along N this is: columns come in 8-wide slices, one per N warp in turn.
+  const int warp_n = get<1>(coord_s(0, 0)) / 8 % 2;
 
   typename Cfg::GmemCopy gmem_copy;
   auto gmem_thr = gmem_copy.get_thread_slice(tid);
@@ -308,24 +306,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
 
     Tensor acc_s = partition_fragment_C(mma, Shape<_64, _64>{});  // S^T (keys, queries)
     Tensor acc_dp = partition_fragment_C(mma, Shape<_64, _64>{});  // dP^T
-    {
-      Tensor tSrK = thr_mma.partition_fragment_A(sK);
-      Tensor tSrQ = thr_mma.partition_fragment_B(sQ);
-      Tensor tSrK_view = thr_a_n.retile_D(tSrK);
-      Tensor tSrQ_view = thr_b_n.retile_D(tSrQ);
-      clear(acc_s);
-      gemm_smem(mma, acc_s, tSrK, tSrQ, thr_a_n.partition_S(sK), thr_b_n.partition_S(sQ), tSrK_view, tSrQ_view,
-                copy_a_n, copy_b_n);
-    }
-    {
-      Tensor tSrV = thr_mma.partition_fragment_A(sV);
-      Tensor tSrdO = thr_mma.partition_fragment_B(sdO);
-      Tensor tSrV_view = thr_a_n.retile_D(tSrV);
-      Tensor tSrdO_view = thr_b_n.retile_D(tSrdO);
-      clear(acc_dp);
-      gemm_smem(mma, acc_dp, tSrV, tSrdO, thr_a_n.partition_S(sV), thr_b_n.partition_S(sdO), tSrV_view, tSrdO_view,
-                copy_a_n, copy_b_n);
-    }
+    clear(acc_s);
+    clear(acc_dp);
+    gemm_tiles(mma, acc_s, sK, sQ, sK, sQ, copy_a_n, copy_b_n);
+    gemm_tiles(mma, acc_dp, sV, sdO, sV, sdO, copy_a_n, copy_b_n);
 
     // P^T and dS^T, element by element. Columns are queries: their statistics come from the stage.
     Tensor st = make_tensor(acc_s.data(), rows_cols(acc_s.layout()));
@@ -383,13 +367,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
             dbias_rows[r] += ds;
           } else if (dbias_mode == DbiasMode::kFullDirect) {
             if (row < s.seqlen_q && key < s.seqlen_k)
-              static_cast<Element*>(dbv.data)[b * dbv.batch_stride + h * dbv.head_stride + row * dbv.query_stride + key] =
-                  static_cast<Element>(ds);
+              static_cast<Element*>(dbv.data)[view_offset(dbv, b, h, row, key)] = static_cast<Element>(ds);
           } else if (dbias_mode == DbiasMode::kFullAccum) {
-            if (row < s.seqlen_q && key < s.seqlen_k && ds != 0.f) {
-              const int bb = dbv.shape[0] == 1 ? 0 : b, hb = dbv.shape[1] == 1 ? 0 : h / dbv.head_group;
-              atomicAdd(params.dbias_accum + ((int64_t(bb) * dbv.shape[1] + hb) * s.seqlen_q + row) * s.seqlen_k + key, ds);
-            }
+            // The accumulator is laid out as the (compact) dbias is.
+            if (row < s.seqlen_q && key < s.seqlen_k && ds != 0.f)
+              atomicAdd(params.dbias_accum + view_offset(dbv, b, h, row, key), ds);
           }
         }
         if constexpr (kGeneralScores) ds *= 1.f - t * t;  // d(c tanh(x / c)) / dx
@@ -408,29 +390,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
     if (dbias_turn != nullptr) pass_turn(dbias_turn);
     else __syncthreads();  // P^T and dS^T staged
 
-    {  // dV += P^T dO, dK += dS^T Q
-      Tensor rA = thr_mma.partition_fragment_A(sP);
-      Tensor rB = thr_mma.partition_fragment_B(sRowsTPlain);
-      Tensor rA_view = thr_a_n.retile_D(rA);
-      Tensor rB_view = thr_b_t.retile_D(rB);
-      gemm_smem(mma, acc_dv, rA, rB, thr_a_n.partition_S(sP), thr_b_t.partition_S(sdOt), rA_view, rB_view, copy_a_n,
-                copy_b_t);
-      gemm_smem(mma, acc_dk, rA, rB, thr_a_n.partition_S(sdS), thr_b_t.partition_S(sQt), rA_view, rB_view, copy_a_n,
-                copy_b_t);
-    }
+    gemm_tiles(mma, acc_dv, sP, sdOt, sP, sRowsTPlain, copy_a_n, copy_b_t);   // dV += P^T dO
+    gemm_tiles(mma, acc_dk, sdS, sQt, sdS, sRowsTPlain, copy_a_n, copy_b_t);  // dK += dS^T Q
     __syncthreads();  // every warp is done with Q, dO and the stage: the next step may load
     if (next_entry >= 0) load_step_tiles(h, next_entry);
 
     Tensor acc_dq = partition_fragment_C(mma, Shape<_64, Int<kHeadDim>>{});  // (queries, D)
-    {
-      Tensor rA = thr_mma.partition_fragment_A(sdSTPlain);
-      Tensor rB = thr_mma.partition_fragment_B(sRowsTPlain);
-      Tensor rA_view = thr_a_t.retile_D(rA);
-      Tensor rB_view = thr_b_t.retile_D(rB);
-      clear(acc_dq);
-      gemm_smem(mma, acc_dq, rA, rB, thr_a_t.partition_S(sdST), thr_b_t.partition_S(sKt), rA_view, rB_view, copy_a_t,
-                copy_b_t);
-    }
+    clear(acc_dq);
+    gemm_tiles(mma, acc_dq, sdST, sKt, sdSTPlain, sRowsTPlain, copy_a_t, copy_b_t);  // dQ = dS K
     int32_t* dq_turn = nullptr;
     if (params.dq_turn != nullptr) {
       dq_turn = params.dq_turn + (int64_t(b) * s.heads + h) * q_steps_pad + step;

@@ -18,7 +18,6 @@
 
 #include "dmattn/dmattn.h"
 #include "family/problem.h"
-#include "sm80/split_kv.h"
 #include "sm80/tile_plan.h"
 
 namespace dmattn::sm80 {

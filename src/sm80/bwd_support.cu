@@ -1,9 +1,8 @@
 // bwd_support.cu: everything the backward runs around its main kernel (bwd_launch.h): the workspace
 // layout, the plan's class map, the row statistics, and the conversions of the fp32 accumulators
 // (dQ, and dbias where it is a sum over CTAs or over broadcast axes) into the caller's tensors.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
+#include <cutlass/numeric_types.h>
 
 #include <cmath>
 #include <cstdio>
@@ -11,6 +10,8 @@
 #include "sm80/bwd_launch.h"
 #include "sm80/device_math.cuh"
 #include "sm80/launch_status.h"
+#include "sm80/score_tile.cuh"
+#include "sm80/split_kv.h"
 
 namespace dmattn::sm80 {
 namespace {
@@ -20,34 +21,11 @@ namespace {
 // away, so the row's sum of exp(s - lse) is measured again (prep_rows_kernel).
 constexpr float kTrustedLse = 8192.f;
 
-template <typename T>
-__device__ __forceinline__ float to_float(T x) {
-  return static_cast<float>(x);
-}
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-template <>
-__device__ __forceinline__ float to_float<__half>(__half x) {
-  return __half2float(x);
-}
-
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) {
-  return __float2half_rn(x);
-}
-
-// Element offset of (b, query head h, q, k) in a mask, bias or dbias view (broadcast axes stride 0).
-__device__ __forceinline__ int64_t view_offset(const ScoreView& v, int b, int h, int q, int k) {
-  return b * v.batch_stride + int64_t(h / v.head_group) * v.head_stride + int64_t(q) * v.query_stride +
-         int64_t(k) * v.key_stride;
+// Runs f with a value of the element type of `dtype` (cutlass::bfloat16_t or cutlass::half_t).
+template <class F>
+void with_element(DType dtype, F f) {
+  if (dtype == DType::kBF16) f(cutlass::bfloat16_t{});
+  else f(cutlass::half_t{});
 }
 
 // One warp per (b, h, row) of the padded row range: delta = rowsum(dO * O) in fp32; the lse the
@@ -67,7 +45,7 @@ __global__ void prep_rows_kernel(const BwdProblem p, int q_pad, float* lse_out, 
   if (q < s.seqlen_q) {
     const T* o = static_cast<const T*>(p.out.data) + b * p.out.batch_stride + q * p.out.row_stride + h * p.out.head_stride;
     const T* d_o = static_cast<const T*>(p.dout.data) + b * p.dout.batch_stride + q * p.dout.row_stride + h * p.dout.head_stride;
-    for (int d = lane; d < s.head_dim; d += 32) delta += to_float(o[d]) * to_float(d_o[d]);
+    for (int d = lane; d < s.head_dim; d += 32) delta += static_cast<float>(o[d]) * static_cast<float>(d_o[d]);
     for (int off = 16; off > 0; off >>= 1) delta += __shfl_xor_sync(0xffffffff, delta, off);
     const float lse_in = p.lse[(int64_t(b) * s.heads + h) * s.seqlen_q + q];
     lse = lse_in == -INFINITY ? INFINITY : lse_in;
@@ -84,15 +62,15 @@ __global__ void prep_rows_kernel(const BwdProblem p, int q_pad, float* lse_out, 
         if (keep && sc.mask_kind != MaskKind::kNone) {
           const int64_t at = view_offset(sc.mask, b, h, q, j);
           keep = sc.mask_kind == MaskKind::kBool ? static_cast<const uint8_t*>(sc.mask.data)[at] != 0
-                                                 : to_float(static_cast<const T*>(sc.mask.data)[at]) != 0.f;
+                                                 : static_cast<float>(static_cast<const T*>(sc.mask.data)[at]) != 0.f;
         }
         if (!keep) continue;
         const T* kr = static_cast<const T*>(p.k.data) + b * p.k.batch_stride + int64_t(j) * p.k.row_stride +
                       h_kv * p.k.head_stride;
         float dot = 0.f;
-        for (int d = 0; d < s.head_dim; ++d) dot += to_float(qr[d]) * to_float(kr[d]);
+        for (int d = 0; d < s.head_dim; ++d) dot += static_cast<float>(qr[d]) * static_cast<float>(kr[d]);
         float score = sc.softcap > 0.f ? sc.softcap * tanhf(dot * sc.scale / sc.softcap) : dot * sc.scale;
-        score += to_float(bias[view_offset(sc.bias, b, h, q, j)]);
+        score += static_cast<float>(bias[view_offset(sc.bias, b, h, q, j)]);
         sum += exp2f((score - lse_in) * 1.4426950408889634f);
       }
       for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, off);
@@ -127,8 +105,8 @@ __global__ void convert_dq_kernel(const BwdProblem p, const float* accum, int q_
     const int q = int(r % s.seqlen_q), h = int(r / s.seqlen_q % s.heads), b = int(r / s.seqlen_q / s.heads);
     const float* src = accum + ((int64_t(b) * s.heads + h) * q_pad + q) * stride + d;
     T* dst = static_cast<T*>(p.dq.data) + b * p.dq.batch_stride + q * p.dq.row_stride + h * p.dq.head_stride + d;
-    dst[0] = from_float<T>(src[0] * p.scoring.scale);
-    dst[1] = from_float<T>(src[1] * p.scoring.scale);
+    dst[0] = T(src[0] * p.scoring.scale);
+    dst[1] = T(src[1] * p.scoring.scale);
   }
 }
 
@@ -148,7 +126,7 @@ __global__ void reduce_dbias_kernel(const float* in, int in_b, int in_h, int in_
     for (int bb = b0; bb < b1; ++bb)
       for (int hh = h * hg; hh < (h + 1) * hg; ++hh)
         for (int nn = n0; nn < n1; ++nn) sum += in[(int64_t(bb) * in_h + hh) * in_pitch + nn];
-    out[i] = from_float<T>(sum);
+    out[i] = T(sum);
   }
 }
 
@@ -298,8 +276,9 @@ dmattn_status bwd_prepare(const BwdProblem& p, int bucket, BwdParams& params, ch
   constexpr int kRowsPerBlock = 8;
   const int blocks = int((rows + kRowsPerBlock - 1) / kRowsPerBlock);
   if (blocks == 0) return DMATTN_STATUS_SUCCESS;
-  if (p.dtype == DType::kBF16) prep_rows_kernel<__nv_bfloat16><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(p, params.q_pad, lse, delta, fix);
-  else prep_rows_kernel<__half><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(p, params.q_pad, lse, delta, fix);
+  with_element(p.dtype, [&](auto element) {
+    prep_rows_kernel<decltype(element)><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(p, params.q_pad, lse, delta, fix);
+  });
   return launch_status("backward row statistics", msg, msg_len);
 }
 
@@ -309,10 +288,10 @@ dmattn_status bwd_finish(const BwdParams& params, char* msg, size_t msg_len) {
   cudaStream_t stream = static_cast<cudaStream_t>(p.launch.stream);
   const int64_t pairs = int64_t(s.batch) * s.heads * s.seqlen_q * (s.head_dim / 2);
   if (pairs > 0) {
-    if (p.dtype == DType::kBF16)
-      convert_dq_kernel<__nv_bfloat16><<<grid_for(pairs, 256), 256, 0, stream>>>(p, params.dq_accum, params.q_pad, params.dq_stride);
-    else
-      convert_dq_kernel<__half><<<grid_for(pairs, 256), 256, 0, stream>>>(p, params.dq_accum, params.q_pad, params.dq_stride);
+    with_element(p.dtype, [&](auto element) {
+      convert_dq_kernel<decltype(element)><<<grid_for(pairs, 256), 256, 0, stream>>>(p, params.dq_accum, params.q_pad,
+                                                                                    params.dq_stride);
+    });
     const dmattn_status st = launch_status("backward dq conversion", msg, msg_len);
     if (st != DMATTN_STATUS_SUCCESS) return st;
   }
@@ -332,12 +311,11 @@ dmattn_status bwd_finish(const BwdParams& params, char* msg, size_t msg_len) {
   const int out_n = v.shape[2] * v.shape[3];
   const int64_t total = int64_t(v.shape[0]) * v.shape[1] * out_n;
   if (total == 0) return DMATTN_STATUS_SUCCESS;
-  if (p.dtype == DType::kBF16)
-    reduce_dbias_kernel<__nv_bfloat16><<<grid_for(total, 256), 256, 0, stream>>>(
-        params.dbias_accum, in_b, in_h, in_n, in_pitch, static_cast<__nv_bfloat16*>(v.data), v.shape[0], v.shape[1], out_n);
-  else
-    reduce_dbias_kernel<__half><<<grid_for(total, 256), 256, 0, stream>>>(
-        params.dbias_accum, in_b, in_h, in_n, in_pitch, static_cast<__half*>(v.data), v.shape[0], v.shape[1], out_n);
+  with_element(p.dtype, [&](auto element) {
+    using T = decltype(element);
+    reduce_dbias_kernel<T><<<grid_for(total, 256), 256, 0, stream>>>(params.dbias_accum, in_b, in_h, in_n, in_pitch,
+                                                                     static_cast<T*>(v.data), v.shape[0], v.shape[1], out_n);
+  });
   return launch_status("backward dbias reduction", msg, msg_len);
 }
 

@@ -20,6 +20,13 @@
 
 namespace dmattn::sm80 {
 
+// Element offset of (b, query head h, query q, key k) in a mask, bias or dbias view (broadcast axes
+// have stride 0, so any index reads their one entry).
+__host__ __device__ __forceinline__ int64_t view_offset(const ScoreView& v, int b, int h, int q, int k) {
+  return b * v.batch_stride + int64_t(h / v.head_group) * v.head_stride + int64_t(q) * v.query_stride +
+         int64_t(k) * v.key_stride;
+}
+
 template <typename T, int kTileQ, int kTileKV, int kThreads>
 struct ScoreTile {
   static constexpr int kChunk = 16 / int(sizeof(T));  // elements per 16-byte vector

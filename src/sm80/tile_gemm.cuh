@@ -68,6 +68,22 @@ __device__ __forceinline__ void gemm_smem(Mma& mma, Acc& acc, RA& rA, RB& rB, SA
   }
 }
 
+// acc += A B for tiles sA (M, K) and sB (N, K) in shared memory, each read with its ldmatrix copy
+// (transposed views with the .trans atom). The register fragments are shaped after like_a and like_b,
+// the tiles' layouts without the swizzle (a transposed swizzled view cannot shape a fragment).
+template <class Mma, class Acc, class SA, class SB, class LikeA, class LikeB, class CopyA, class CopyB>
+__device__ __forceinline__ void gemm_tiles(Mma& mma, Acc& acc, SA const& sA, SB const& sB, LikeA const& like_a,
+                                           LikeB const& like_b, CopyA const& copy_a, CopyB const& copy_b) {
+  auto thr_mma = mma.get_slice(threadIdx.x);
+  Tensor rA = thr_mma.partition_fragment_A(like_a);
+  Tensor rB = thr_mma.partition_fragment_B(like_b);
+  auto thr_a = copy_a.get_thread_slice(threadIdx.x);
+  auto thr_b = copy_b.get_thread_slice(threadIdx.x);
+  Tensor rA_view = thr_a.retile_D(rA);
+  Tensor rB_view = thr_b.retile_D(rB);
+  gemm_smem(mma, acc, rA, rB, thr_a.partition_S(sA), thr_b.partition_S(sB), rA_view, rB_view, copy_a, copy_b);
+}
+
 // acc += A B with A already in registers and B streamed from shared memory.
 template <class Mma, class Acc, class RA, class RB, class SB, class RBView, class CopyB>
 __device__ __forceinline__ void gemm_regs_smem(Mma& mma, Acc& acc, RA const& rA, RB& rB, SB const& sB,
