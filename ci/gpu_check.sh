@@ -26,6 +26,8 @@ SITE=$SCRATCH/site
 PY=${PYTHON:-python3}
 export CMAKE_BUILD_PARALLEL_LEVEL=${JOBS:-$(nproc)}
 COMMIT=${GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+# A copied working tree (the device tool's) reports its base commit: say when files differ from it.
+[ -z "${GIT_COMMIT:-}" ] && [ -n "$(git status --porcelain 2>/dev/null)" ] && COMMIT="$COMMIT + uncommitted changes"
 status=0
 step() { printf '\n==== %s (t=%ss) ====\n' "$*" "$SECONDS"; }
 
