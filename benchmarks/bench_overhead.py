@@ -1,4 +1,5 @@
-"""Per-call host overhead of the Python path of a forward call with q, k, v, mask and bias.
+"""Per-call host overhead of the Python path of a forward call with q, k, v, mask and bias (and of a
+forward + backward through autograd).
 
 Measures each layer from the public API down to the C ABI on tiny CUDA tensors (the GPU work is
 negligible; the host path is what is timed). Until the CUDA kernels exist the library answers
@@ -94,6 +95,18 @@ def main() -> None:
     qg = q.clone().requires_grad_(True)
     rows["public flash_dmattn_func, q requires grad (autograd op)"] = per_call_us(swallow(
         lambda: flash_dmattn.flash_dmattn_func(q=qg, k=k, v=v, attn_mask=mask, attn_bias=bias), *exc), args.iters)
+    bwd_missing = "bwd:bf16:64" not in "\n".join(cuda_backend.info()["kernels"])
+    if not kernel_missing and not bwd_missing:
+        kg, vg, bg = (t.clone().requires_grad_(True) for t in (k, v, bias))
+        dout = torch.randn_like(q)
+
+        def forward_backward():
+            o = flash_dmattn.flash_dmattn_func(q=qg, k=kg, v=vg, attn_mask=mask, attn_bias=bg)
+            torch.autograd.grad(o, (qg, kg, vg, bg), dout)
+        rows["forward + backward, q, k, v, bias require grad (autograd)"] = per_call_us(forward_backward, args.iters)
+        rows["op torch.ops.flash_dmattn.bwd (dispatcher)"] = per_call_us(
+            lambda: torch.ops.flash_dmattn.bwd(dout, q, k, v, mask, bias, out, lse, scale, False, 0.0, False, True),
+            args.iters)
     if kernel_missing:
         raise_cost = rows[launch_row] - rows["_C.fwd_workspace_size (validate + resolve, success)"]
         rows["=> public eager path without the raise (estimate)"] = (

@@ -17,7 +17,7 @@
 #               "skip" runs none
 #   AB_GROUPS   bench_forward.py groups (default dense,bias)
 #   AB_SIZES    quick (default: bench_forward.py --quick) or full
-#   AB_PROFILE  a variant name: Nsight Compute on its forward kernel (benchmarks/profile_forward.py), once
+#   AB_PROFILE  a variant name: Nsight Compute on its forward kernel (benchmarks/profile_attention.py), once
 #               per ';'-separated argument set in AB_PROFILE_ARGS (default "--D 128")
 # Results (logs, one table per variant) go to ${OUT:-./gpu-ab}.
 set -uo pipefail
@@ -88,9 +88,9 @@ done
 if [ -n "${AB_PROFILE:-}" ] && command -v ncu > /dev/null; then
   IFS=';' read -ra configs <<< "${AB_PROFILE_ARGS:---D 128}"
   for args in "${configs[@]}"; do
-    step "${AB_PROFILE}: ncu, profile_forward.py $args"
+    step "${AB_PROFILE}: ncu, profile_attention.py $args"
     PYTHONPATH=$SCRATCH/${AB_PROFILE}/site ncu --section SpeedOfLight --section Occupancy --section WarpStateStats \
-      --section InstructionStats -k regex:fwd_kernel -c 1 $PY benchmarks/profile_forward.py $args --reps 1 \
+      --section InstructionStats -k regex:fwd_kernel -c 1 $PY benchmarks/profile_attention.py $args --reps 1 \
       >> "$RESULTS/${AB_PROFILE}.ncu.txt" 2>&1
     grep -E "Duration|Issued Instructions  |Warp Cycles Per Issued|Local" "$RESULTS/${AB_PROFILE}.ncu.txt" | tail -4
   done

@@ -15,7 +15,7 @@
 #   GPU_CHECK_TESTS   test paths to run (default: tests)
 #   GPU_CHECK_FORWARD forward benchmark (benchmarks/bench_forward.py): quick (default), full or skip
 #   GPU_CHECK_BACKWARD backward benchmark (benchmarks/bench_backward.py): quick (default), full or skip
-#   GPU_CHECK_PROFILE 1: Nsight Compute on one dense D=128 forward (benchmarks/profile_forward.py),
+#   GPU_CHECK_PROFILE 1: Nsight Compute on one dense D=128 forward (benchmarks/profile_attention.py),
 #                     its speed-of-light, occupancy and warp-stall sections into the summary
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -103,7 +103,7 @@ if [ "${GPU_CHECK_PROFILE:-0}" = 1 ]; then
   step "profile: ncu on the forward kernel"
   if command -v ncu > /dev/null; then
     ncu --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
-      -k regex:fwd_kernel -c 1 $PY benchmarks/profile_forward.py --D 128 --reps 1 > "$SCRATCH/profile.txt" 2>&1
+      -k regex:fwd_kernel -c 1 $PY benchmarks/profile_attention.py --D 128 --reps 1 > "$SCRATCH/profile.txt" 2>&1
     tail -80 "$SCRATCH/profile.txt"
   else
     echo "ncu not found" | tee "$SCRATCH/profile.txt"

@@ -189,6 +189,32 @@ def test_more_query_steps_than_one_list_chunk(per_query_mask):
              name=f"long Q per_query={per_query_mask}")
 
 
+@pytest.mark.parametrize("per_query_mask", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_few_busy_key_tiles_split_over_many_ctas(per_query_mask, causal):
+    """A sparse mask keeping whole key tiles leaves a few columns with all the work; the work list cuts
+    them into segments (across the heads of a kv group) whose dk, dv and per-key dbias are summed in
+    fp32. Gradients must match the reference, and tiles nothing keeps get exactly 0."""
+    B, L, H, H_kv, D = 1, 2048, 4, 2, 64
+    mask_shape = (B, H_kv, L, L) if per_query_mask else (B, H_kv, 1, L)
+    inp = rand_inputs(B, L, L, H, H_kv, D, dtype=torch.bfloat16, mask_shape=mask_shape, keep_prob=0.6,
+                      bias_shape=(B, H_kv, 1, L))
+    keep = inp.mask
+    kept_tiles = (0, 5, 17, 30)
+    block = torch.zeros(L, dtype=torch.bool)
+    for t in kept_tiles:
+        block[t * 64:(t + 1) * 64] = True
+    if per_query_mask:
+        keep &= block  # partly kept inside the kept tiles
+        keep[:, :, :, 5 * 64:6 * 64] = True  # one fully kept
+    else:
+        keep.copy_(block.expand_as(keep))
+    dq, dk, dv, dbias = check_grads(inp, dtype=torch.bfloat16, name=f"split per_query={per_query_mask}",
+                                    causal=causal)
+    dropped = ~block
+    assert not dk[:, dropped].any() and not dv[:, dropped].any() and not dbias[..., dropped].any()
+
+
 @pytest.mark.parametrize("bias_shape", [(1, 1, 200, 260), (2, 4, 1, 260), (2, 1, 200, 1), (2, 4, 200, 260)])
 def test_deterministic_mode_is_bitwise_reproducible(bias_shape):
     """deterministic=True: dq (key tiles add in order) and dbias (sums across CTAs in order) come out

@@ -324,6 +324,29 @@ def test_gradcheck_through_reference_forward_and_backward():
     assert torch.autograd.gradcheck(fn, leaves)
 
 
+@pytest.mark.parametrize("form,bias_shape", broadcast_shapes(2, 4, 2, 3, 5))
+def test_gradcheck_every_bias_form_the_kernel_supports(form, bias_shape):
+    """fp64 gradcheck of the reference backward (which the CUDA backward is tested against) with dbias
+    in each broadcast shape, GQA 2, a per-kv-head mask with a fully masked row, causal with Q < K."""
+    B, Q, K, H, H_kv, D = 2, 3, 5, 4, 2, 2
+    inp = rand_inputs(B, Q, K, H, H_kv, D, dtype=F64, mask_shape=(B, H_kv, Q, K), bias_shape=bias_shape)
+    inp.mask[0, 1, 2] = False  # a row with nothing kept
+    leaves = [t.clone().requires_grad_() for t in (inp.q, inp.k, inp.v, inp.bias)]
+    opts = dict(scale=0.6, causal=True)
+    fn = lambda q, k, v, bias: _ReferenceAttention.apply(q, k, v, inp.mask, bias, opts)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, leaves, fast_mode=True)
+
+
+@pytest.mark.parametrize("Q,K,H,H_kv,softcap", [(5, 3, 8, 1, 0.0), (4, 4, 8, 8, 1.5), (1, 6, 4, 4, 0.0)])
+def test_gradcheck_gqa_causal_alignment_and_softcap(Q, K, H, H_kv, softcap):
+    B, D = 1, 3
+    inp = rand_inputs(B, Q, K, H, H_kv, D, dtype=F64, mask_shape=(B, 1, 1, K), bias_shape=(B, H_kv, Q, K))
+    leaves = [t.clone().requires_grad_() for t in (inp.q, inp.k, inp.v, inp.bias)]
+    opts = dict(scale=0.5, causal=True, softcap=softcap)
+    fn = lambda q, k, v, bias: _ReferenceAttention.apply(q, k, v, inp.mask, bias, opts)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, leaves, fast_mode=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # validation
 

@@ -63,11 +63,16 @@ def flops(batch: int, heads: int, q_len: int, k_len: int, head_dim: int, causal:
 
 
 _L2_FLUSH_BYTES = 256 << 20  # several times any current GPU's L2 cache
+_HOST_AHEAD_CYCLES = 4_000_000  # ~2-3 ms of GPU clock: longer than the host path of any call timed
 
 
 def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps: int, cold_l2: bool = False) -> float:
     """Median milliseconds of fn() after `warmup` untimed calls. cold_l2 (CUDA) overwrites a buffer
-    larger than L2 before each run, so small problems are not timed out of a warm cache."""
+    larger than L2 before each run, so small problems are not timed out of a warm cache.
+
+    On CUDA this is GPU time: each run is queued behind a short GPU sleep (outside the timed events),
+    so the host has launched all of fn's kernels before the GPU reaches them and a slow host path
+    does not leave gaps between them. The host path's own cost is benchmarks/bench_overhead.py's."""
     for _ in range(warmup):
         fn()
     times = []
@@ -77,6 +82,7 @@ def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps: i
         for _ in range(reps):
             if flush is not None:
                 flush.zero_()
+            torch.cuda._sleep(_HOST_AHEAD_CYCLES)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()

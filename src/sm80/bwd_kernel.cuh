@@ -14,6 +14,7 @@
 #include <cute/tensor.hpp>
 #include <cutlass/numeric_types.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdio>
@@ -127,16 +128,16 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
   const DbiasMode dbias_mode = params.dbias_mode;
 
   extern __shared__ __align__(128) char smem[];
+  __shared__ int item_taken;
   const int tid = threadIdx.x;
-  const int kt = blockIdx.x, h_kv = blockIdx.y, b = blockIdx.z;
-  const int k0 = kt * kTileKV;
   const int group = s.heads / s.heads_kv;
   const int diag = s.seqlen_k - s.seqlen_q;  // causal: row i sees key j iff j <= i + diag
   const int head_dim = s.head_dim;
-  const int n_steps = (s.seqlen_q + kTileQ - 1) / kTileQ;
-  // Under causal no row before first_step sees a key of this tile.
-  const int first_step = sc.causal ? min(n_steps, max(0, k0 - diag) / kTileQ) : 0;
   const int q_steps_pad = params.q_pad / kTileQ;
+  const int k_tiles = (s.seqlen_k + kTileKV - 1) / kTileKV;
+  // The current item's column (key tile kt at key k0, batch b, kv head h_kv) and its query steps
+  // [first_step, n_steps): set per item, read by the lambdas below.
+  int kt = 0, b = 0, h_kv = 0, k0 = 0, first_step = 0, n_steps = 0;
 
   Element* smem_k = reinterpret_cast<Element*>(smem);
   Element* smem_v = smem_k + cosize(typename Cfg::SmemLayoutRows{});
@@ -171,8 +172,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
 
   Tensor acc_dk = partition_fragment_C(mma, Shape<_64, Int<kHeadDim>>{});
   Tensor acc_dv = partition_fragment_C(mma, Shape<_64, Int<kHeadDim>>{});
-  clear(acc_dk);
-  clear(acc_dv);
 
   // (key, query) of every S^T value this thread holds, in tile coordinates.
   Tensor coord_s_acc = thr_mma.partition_C(make_identity_tensor(Shape<_64, _64>{}));
@@ -189,7 +188,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
     Element* base = static_cast<Element*>(v.data) + b * v.batch_stride + head * v.head_stride;
     return make_tensor(make_gmem_ptr(base), make_shape(rows, Int<kHeadDim>{}), make_stride(v.row_stride, _1{}));
   };
-  {
+  auto load_kv = [&]() {
     Tensor gK = local_tile(row_tensor(p.k, h_kv, s.seqlen_k), Shape<_64, Int<kHeadDim>>{}, make_coord(kt, 0));
     Tensor gV = local_tile(row_tensor(p.v, h_kv, s.seqlen_k), Shape<_64, Int<kHeadDim>>{}, make_coord(kt, 0));
     Tensor tKsK = gmem_thr.partition_D(sK);
@@ -197,7 +196,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
     load_tile(gmem_copy, gmem_thr.partition_S(gK), tKsK, cRows, s.seqlen_k - k0, head_dim);
     load_tile(gmem_copy, gmem_thr.partition_S(gV), tVsV, cRows, s.seqlen_k - k0, head_dim);
     cp_async_fence();
-  }
+  };
 
   const bool mask_bool = sc.mask_kind == MaskKind::kBool;
   const bool mask_per_query = kHasMask && sc.mask.shape[2] != 1;
@@ -256,13 +255,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
     cp_async_fence();
   };
 
-  // The plan's classes for this key tile, down the column of (b, h)'s plan tiles.
-  auto class_column = [&](int h) -> const uint8_t* {
-    const TilePlan& plan = params.plan;
-    const int mb = plan.batches == 1 ? 0 : b;
-    const int mh = plan.heads == 1 ? 0 : h / sc.mask.head_group;
-    return params.tile_class + (int64_t(mb) * plan.heads + mh) * plan.q_tiles * plan.k_tiles + k0 / kPlanTileKV;
-  };
   // The number of key tiles before this one that add to the dQ rows of `step` (its turn there).
   auto dq_rank = [&](int h, int step) -> int {
     if constexpr (!kHasMask) {
@@ -279,6 +271,16 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
 
   float dbias_rows[kRows];  // kPerKey: this thread's sums of dS over queries, per key row
 
+  // Two fp32 accumulators, converted to the element type, into two shared-memory tiles.
+  auto stage_pair = [&](auto const& acc_a, auto const& acc_b, auto& s_a, auto& s_b) {
+    auto copy_c = make_tiled_copy_C(Copy_Atom<DefaultCopy, Element>{}, mma);
+    auto thr_c = copy_c.get_thread_slice(tid);
+    Tensor a_cast = convert_fragment<Element>(acc_a);
+    Tensor b_cast = convert_fragment<Element>(acc_b);
+    copy(copy_c, thr_c.retile_S(a_cast), thr_c.partition_D(s_a));
+    copy(copy_c, thr_c.retile_S(b_cast), thr_c.partition_D(s_b));
+  };
+
   auto run_step = [&](int h, int entry, int next_entry, int buf) {
     const int step = entry >> 1, q0 = step * kTileQ;
     Tensor sQ = make_tensor(make_smem_ptr(smem_q + buf * kRowsElems), typename Cfg::SmemLayoutRows{});
@@ -294,7 +296,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
       const ScoreView& dv = p.dbias;
       const int heads_per = s.heads / dv.shape[1];
       const int bb = dv.shape[0] == 1 ? 0 : b, hb = h / heads_per;
-      dbias_turn = params.dbias_turn + ((int64_t(bb) * dv.shape[1] + hb) * q_steps_pad + step) * gridDim.x + kt;
+      dbias_turn = params.dbias_turn + ((int64_t(bb) * dv.shape[1] + hb) * q_steps_pad + step) * k_tiles + kt;
       const int rank = (dv.shape[0] == 1 ? b : 0) * heads_per + h % heads_per;
       if (tid == 0)
         while (atomicAdd(dbias_turn, 0) != rank) __nanosleep(64);
@@ -379,14 +381,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
         dpt(r, c) = ds;
       }
     }
-    {
-      auto copy_c = make_tiled_copy_C(Copy_Atom<DefaultCopy, Element>{}, mma);
-      auto thr_c = copy_c.get_thread_slice(tid);
-      Tensor p_cast = convert_fragment<Element>(acc_s);
-      Tensor ds_cast = convert_fragment<Element>(acc_dp);
-      copy(copy_c, thr_c.retile_S(p_cast), thr_c.partition_D(sP));
-      copy(copy_c, thr_c.retile_S(ds_cast), thr_c.partition_D(sdS));
-    }
+    stage_pair(acc_s, acc_dp, sP, sdS);
     if (dbias_turn != nullptr) pass_turn(dbias_turn);
     else __syncthreads();  // P^T and dS^T staged
 
@@ -412,80 +407,88 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
     if (dq_turn != nullptr) pass_turn(dq_turn);
   };
 
-  for (int g = 0; g < group; ++g) {
-    const int h = h_kv * group + g;
-    // The previous head's per-head tiles are neither read nor still landing.
+  // A column's kept steps over the heads of its group, in (head, step) order, compacted in chunks
+  // of kThreads steps; run those with index in [lo, hi). Returns with every load landed.
+  auto walk_column = [&](int lo, int hi) {
+    int seen = 0;
+    for (int g = 0; g < group && seen < hi; ++g) {
+      const int h = h_kv * group + g;
+      if (!kHasMask || params.plan.q_tiles == 1) {  // the head's count without reading its column
+        const int kept = bwd_head_steps(params, b, h, kt, BwdStepRange{first_step, n_steps}, kHasMask);
+        if (seen + kept <= lo) {
+          seen += kept;
+          continue;
+        }
+      }
+      // The previous head's per-head tiles are neither read nor still landing.
+      cp_async_wait<0>();
+      __syncthreads();
+      if constexpr (kHasBias) {
+        CUTE_UNROLL
+        for (int r = 0; r < kRows; ++r) dbias_rows[r] = 0.f;
+        if (!bias_per_query) load_bias(h, 0);
+      }
+      if constexpr (kHasMask) {
+        if (!mask_per_query) load_mask(h, 0);
+      }
+      const uint8_t* column = nullptr;
+      if constexpr (kHasMask) column = bwd_class_column(params, b, h, kt);
+      bool ran = false;
+      for (int chunk0 = first_step; chunk0 < n_steps && seen < hi; chunk0 += Cfg::kThreads) {
+        // This chunk's steps that keep something, compacted in order (without a mask: all of them).
+        int n = min(Cfg::kThreads, n_steps - chunk0);
+        if constexpr (kHasMask) {
+          const int step = chunk0 + tid;
+          int entry = -1;
+          if (step < n_steps) {
+            const int qt = params.plan.q_tiles == 1 ? 0 : step * kTileQ / kPlanTileQ;
+            const int cls = column[int64_t(qt) * params.plan.k_tiles];
+            if (cls != 0) entry = step * 2 + (cls == 2);
+          }
+          const unsigned ballot = __ballot_sync(0xffffffff, entry >= 0);
+          const int warp = tid / 32, lane = tid % 32;
+          __syncthreads();  // the previous chunk's list is no longer read
+          if (lane == 0) smem_counts[warp] = __popc(ballot);
+          __syncthreads();
+          int offset = 0;
+          n = 0;
+          for (int w = 0; w < Cfg::kWarps; ++w) {
+            offset += w < warp ? smem_counts[w] : 0;
+            n += smem_counts[w];
+          }
+          if (entry >= 0) smem_list[offset + __popc(ballot & ((1u << lane) - 1))] = entry;
+          __syncthreads();
+        }
+        auto entry_at = [&](int i) { return kHasMask ? smem_list[i] : (chunk0 + i) * 2 + 1; };
+        const int i0 = max(0, lo - seen), i1 = min(n, hi - seen);
+        seen += n;
+        if (i0 >= i1) continue;
+        ran = true;
+        load_step_rows(h, entry_at(i0), 0);
+        load_step_tiles(h, entry_at(i0));
+        for (int i = i0; i < i1; ++i) run_step(h, entry_at(i), i + 1 < i1 ? entry_at(i + 1) : -1, (i - i0) & 1);
+      }
+      if constexpr (kHasBias) {
+        if (dbias_mode == DbiasMode::kPerKey && ran) {
+          // Row sums over the quad, then over the 2 warps along queries; added, since a split
+          // column's items each bring their part (the accumulator starts at 0).
+          CUTE_UNROLL
+          for (int r = 0; r < kRows; ++r) {
+            const float v = quad_sum(dbias_rows[r]);
+            if ((tid % 4) == 0) smem_reduce[warp_n * kTileKV + get<0>(coord_s(r, 0))] = v;
+          }
+          __syncthreads();
+          if (tid < kTileKV && k0 + tid < s.seqlen_k)
+            atomicAdd(params.dbias_accum + (int64_t(b) * s.heads + h) * s.seqlen_k + k0 + tid,
+                      smem_reduce[tid] + smem_reduce[kTileKV + tid]);
+          __syncthreads();
+        }
+      }
+    }
     cp_async_wait<0>();
     __syncthreads();
-    if constexpr (kHasBias) {
-      CUTE_UNROLL
-      for (int r = 0; r < kRows; ++r) dbias_rows[r] = 0.f;
-      if (!bias_per_query) load_bias(h, 0);
-    }
-    if constexpr (kHasMask) {
-      if (!mask_per_query) load_mask(h, 0);
-    }
-    const uint8_t* column = nullptr;
-    if constexpr (kHasMask) column = class_column(h);
-    for (int chunk0 = first_step; chunk0 < n_steps; chunk0 += Cfg::kThreads) {
-      // This chunk's steps that keep something, compacted in order (without a mask: all of them).
-      int n = min(Cfg::kThreads, n_steps - chunk0);
-      if constexpr (kHasMask) {
-        const int step = chunk0 + tid;
-        int entry = -1;
-        if (step < n_steps) {
-          const int qt = params.plan.q_tiles == 1 ? 0 : step * kTileQ / kPlanTileQ;
-          const int cls = column[int64_t(qt) * params.plan.k_tiles];
-          if (cls != 0) entry = step * 2 + (cls == 2);
-        }
-        const unsigned ballot = __ballot_sync(0xffffffff, entry >= 0);
-        const int warp = tid / 32, lane = tid % 32;
-        __syncthreads();  // the previous chunk's list is no longer read
-        if (lane == 0) smem_counts[warp] = __popc(ballot);
-        __syncthreads();
-        int offset = 0;
-        n = 0;
-        for (int w = 0; w < Cfg::kWarps; ++w) {
-          offset += w < warp ? smem_counts[w] : 0;
-          n += smem_counts[w];
-        }
-        if (entry >= 0) smem_list[offset + __popc(ballot & ((1u << lane) - 1))] = entry;
-        __syncthreads();
-      }
-      auto entry_at = [&](int i) { return kHasMask ? smem_list[i] : (chunk0 + i) * 2 + 1; };
-      if (n == 0) continue;
-      load_step_rows(h, entry_at(0), 0);
-      load_step_tiles(h, entry_at(0));
-      for (int i = 0; i < n; ++i) run_step(h, entry_at(i), i + 1 < n ? entry_at(i + 1) : -1, i & 1);
-    }
-    if constexpr (kHasBias) {
-      if (dbias_mode == DbiasMode::kPerKey) {
-        // Row sums over the quad, then over the 2 warps along queries.
-        CUTE_UNROLL
-        for (int r = 0; r < kRows; ++r) {
-          const float v = quad_sum(dbias_rows[r]);
-          if ((tid % 4) == 0) smem_reduce[warp_n * kTileKV + get<0>(coord_s(r, 0))] = v;
-        }
-        __syncthreads();
-        if (tid < kTileKV && k0 + tid < s.seqlen_k)
-          params.dbias_accum[(int64_t(b) * s.heads + h) * s.seqlen_k + k0 + tid] = smem_reduce[tid] + smem_reduce[kTileKV + tid];
-        __syncthreads();
-      }
-    }
-  }
+  };
 
-  // Epilogue: dK (scaled) and dV through shared memory (over K and V) with 16-byte stores.
-  cp_async_wait<0>();
-  __syncthreads();
-  CUTE_UNROLL
-  for (int i = 0; i < size(acc_dk); ++i) acc_dk(i) *= sc.scale;
-  auto copy_c = make_tiled_copy_C(Copy_Atom<DefaultCopy, Element>{}, mma);
-  auto thr_c = copy_c.get_thread_slice(tid);
-  Tensor dk_cast = convert_fragment<Element>(acc_dk);
-  Tensor dv_cast = convert_fragment<Element>(acc_dv);
-  copy(copy_c, thr_c.retile_S(dk_cast), thr_c.partition_D(sK));
-  copy(copy_c, thr_c.retile_S(dv_cast), thr_c.partition_D(sV));
-  __syncthreads();
   typename Cfg::GmemStore gmem_store;
   auto store_thr = gmem_store.get_thread_slice(tid);
   Tensor cOut = store_thr.partition_D(make_identity_tensor(Shape<_64, Int<kHeadDim>>{}));
@@ -504,8 +507,52 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
       }
     }
   };
-  store_rows(p.dk, sK);
-  store_rows(p.dv, sV);
+  // dK (scaled) and dV of the item: a column of one item stores them through shared memory (over K
+  // and V) with 16-byte stores; a split column's items add them into its fp32 slot.
+  auto finish_item = [&](int slot) {
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc_dk); ++i) acc_dk(i) *= sc.scale;
+    if (slot >= 0) {
+      Tensor coord_kv = thr_mma.partition_C(make_identity_tensor(Shape<_64, Int<kHeadDim>>{}));
+      float* dk_sum = params.dkv_accum + int64_t(slot) * 2 * kTileKV * params.dq_stride;
+      float* dv_sum = dk_sum + kTileKV * params.dq_stride;
+      CUTE_UNROLL
+      for (int i = 0; i < size(acc_dk); i += 2) {
+        const int at = get<0>(coord_kv(i)) * params.dq_stride + get<1>(coord_kv(i));
+        add_pair(dk_sum + at, acc_dk(i), acc_dk(i + 1));
+        add_pair(dv_sum + at, acc_dv(i), acc_dv(i + 1));
+      }
+      return;
+    }
+    stage_pair(acc_dk, acc_dv, sK, sV);
+    __syncthreads();
+    store_rows(p.dk, sK);
+    store_rows(p.dv, sV);
+  };
+
+  // Persistent: items are taken in list order (longest columns first under causal), so a CTA
+  // waiting for a turn only waits for items taken before its own, held by running CTAs.
+  for (;;) {
+    __syncthreads();  // the previous item's epilogue is done with shared memory and item_taken
+    if (tid == 0) item_taken = atomicAdd(&params.schedule->next, 1);
+    __syncthreads();
+    const int index = item_taken;
+    if (index >= params.schedule->items) break;
+    const BwdItem item = params.items[index];
+    const int per_tile = s.batch * s.heads_kv;
+    kt = item.column / per_tile;
+    b = item.column % per_tile / s.heads_kv;
+    h_kv = item.column % s.heads_kv;
+    k0 = kt * kTileKV;
+    const BwdStepRange range = bwd_step_range(s, sc.causal, k0);
+    first_step = range.first;
+    n_steps = range.count;
+    load_kv();
+    clear(acc_dk);
+    clear(acc_dv);
+    walk_column(item.begin, item.end);
+    finish_item(item.slot);
+  }
 }
 
 template <typename Element, int kHeadDim, bool kHasMask, bool kHasBias>
@@ -525,8 +572,14 @@ dmattn_status launch_bwd_variant(const BwdParams& params, char* msg, size_t msg_
              kHeadDim, kHasMask ? ", mask" : "", kHasBias ? ", bias" : "", smem, cudaGetErrorString(err));
     return DMATTN_STATUS_NOT_IMPLEMENTED;
   }
-  dim3 grid((p.shape.seqlen_k + Cfg::kTileKV - 1) / Cfg::kTileKV, p.shape.heads_kv, p.shape.batch);
-  if (grid.x == 0 || grid.z == 0) return DMATTN_STATUS_SUCCESS;  // no keys: dq (and dbias) come out 0
+  if (params.columns == 0) return DMATTN_STATUS_SUCCESS;  // no keys: dq (and dbias) come out 0
+  int per_sm = 0;
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, Cfg::kThreads, smem);
+  if (err != cudaSuccess || per_sm < 1) {
+    cudaGetLastError();
+    per_sm = 1;
+  }
+  const int grid = std::min(params.max_items, per_sm * params.sm_count);
   kernel<<<grid, Cfg::kThreads, smem, static_cast<cudaStream_t>(p.launch.stream)>>>(params);
   return launch_status("backward kernel", msg, msg_len);
 }

@@ -4,9 +4,14 @@
 //      a key-tile-major walk can read down a column (bwd_support.cu);
 //   2. row statistics per (b, h, query): delta = rowsum(dO * O), the lse the kernel shifts by and a
 //      correction for rows whose lse lost its log-sum to rounding (bwd_support.cu);
-//   3. the main kernel (bwd_kernel.cuh): one CTA per (key tile, kv head, batch), dK and dV in
-//      registers, dQ added to an fp32 accumulator, dbias written or accumulated by its shape;
-//   4. dQ (and a reduced dbias) converted to the input dtype.
+//   3. the work list (bwd_support.cu): per column (key tile, batch, kv head) the number of query
+//      steps its plan keeps, cut into segments of about equal length so that a few busy columns
+//      (a sparse per-key mask keeps whole key tiles) spread over every SM;
+//   4. the main kernel (bwd_kernel.cuh): persistent CTAs take items (a column's segment) in list
+//      order, dK and dV in registers, dQ added to an fp32 accumulator, dbias written or
+//      accumulated by its shape;
+//   5. dQ (and a reduced dbias) converted to the input dtype; dK, dV of split columns converted
+//      from their fp32 sums, and of columns nothing reaches written as 0.
 // The main kernel's (dtype, head-dim bucket, mask, bias) variants are stamped from
 // src/instantiate/bwd.cu.in, one translation unit each.
 #pragma once
@@ -24,6 +29,27 @@ namespace dmattn::sm80 {
 
 constexpr int kBwdTileQ = 64;   // query rows per step of the main loop (half a plan tile)
 constexpr int kBwdTileKV = 64;  // keys per CTA: one plan tile
+
+// A column is (key tile, batch, kv head), numbered key tile major: under causal the longest columns
+// (first key tiles) come first in the list. A column's work is its query steps (64 rows of one
+// query head of the group) that the plan keeps, in (head, step) order; an item is the range
+// [begin, end) of them. Columns cut into several items add dK, dV into an fp32 slot
+// (slot >= 0); a column of one item stores them itself (slot -1).
+struct BwdItem {
+  int32_t column, begin, end, slot;
+};
+
+// The list's header, written by the scheduling kernel: items, the next item to hand out, slots in
+// use and the segment length in steps.
+struct BwdSchedule {
+  int32_t items, next, slots, segment;
+};
+
+// A column with fewer kept steps than this is not split: K, V loads and the dK, dV flush per item
+// would outweigh the work.
+constexpr int kBwdMinSegmentSteps = 8;
+// Items aimed for per SM: enough for the dynamic hand-out to even out uneven columns.
+constexpr int kBwdItemsPerSm = 4;
 
 // How the main kernel produces dbias, by the bias's shape (bwd_dbias_mode).
 enum class DbiasMode : int32_t {
@@ -56,7 +82,62 @@ struct BwdParams {
   // and for kFullAccum shared across CTAs, per (bias batch, bias head, query step, key tile).
   int32_t* dq_turn = nullptr;
   int32_t* dbias_turn = nullptr;
+  // The work list: items in column order, its header, per column the kept steps and the slot
+  // (-1: none), and the slots' fp32 sums (slot, {dK scaled, dV}, 64 keys, head-dim bucket).
+  const BwdItem* items = nullptr;
+  BwdSchedule* schedule = nullptr;
+  int32_t* column_steps = nullptr;
+  int32_t* column_slot = nullptr;
+  float* dkv_accum = nullptr;
+  int32_t columns = 0;
+  int32_t max_items = 0;
+  int32_t max_slots = 0;
+  int32_t sm_count = 0;
 };
+
+// The query steps of one key tile starting at key k0: steps [first, count) under causal, where no
+// row before `first` sees a key of the tile.
+struct BwdStepRange {
+  int first, count;
+};
+__host__ __device__ inline BwdStepRange bwd_step_range(const Extents& s, bool causal, int k0) {
+  const int count = (s.seqlen_q + kBwdTileQ - 1) / kBwdTileQ;
+  const int diag = s.seqlen_k - s.seqlen_q;
+  int first = 0;
+  if (causal) {
+    first = (k0 - diag > 0 ? k0 - diag : 0) / kBwdTileQ;
+    first = first < count ? first : count;
+  }
+  return {first, count};
+}
+
+// The plan's class bytes for (b, query head h) down key tile kt's column (stride k_tiles per plan
+// query tile).
+__host__ __device__ inline const uint8_t* bwd_class_column(const BwdParams& params, int b, int h, int kt) {
+  const TilePlan& plan = params.plan;
+  const int mb = plan.batches == 1 ? 0 : b;
+  const int mh = plan.heads == 1 ? 0 : h / params.p.scoring.mask.head_group;
+  return params.tile_class + (int64_t(mb) * plan.heads + mh) * plan.q_tiles * plan.k_tiles + kt;
+}
+
+// Kept steps of (b, h) in key tile kt's column: all of its step range without a mask or with a mask
+// broadcast over queries (one class for the column), else those whose plan tile keeps something.
+__host__ __device__ inline int bwd_head_steps(const BwdParams& params, int b, int h, int kt, BwdStepRange r,
+                                              bool has_mask) {
+  if (r.first >= r.count) return 0;
+  if (!has_mask) return r.count - r.first;
+  const uint8_t* column = bwd_class_column(params, b, h, kt);
+  if (params.plan.q_tiles == 1) return column[0] != 0 ? r.count - r.first : 0;
+  int kept = 0;
+  constexpr int kStepsPerTile = kPlanTileQ / kBwdTileQ;
+  for (int qt = r.first / kStepsPerTile; qt * kStepsPerTile < r.count; ++qt) {
+    if (column[int64_t(qt) * params.plan.k_tiles] == 0) continue;
+    const int lo = qt * kStepsPerTile > r.first ? qt * kStepsPerTile : r.first;
+    const int hi = (qt + 1) * kStepsPerTile < r.count ? (qt + 1) * kStepsPerTile : r.count;
+    kept += hi - lo;
+  }
+  return kept;
+}
 
 template <typename Element, int kHeadDim, bool kHasMask, bool kHasBias>
 dmattn_status launch_bwd_variant(const BwdParams& params, char* msg, size_t msg_len);

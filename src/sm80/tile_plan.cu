@@ -149,6 +149,28 @@ __global__ void __launch_bounds__(kThreads) build_tile_plan_kernel(const ScoreVi
         if (lane % kChunks == 0) states[g + lane / kChunks] = static_cast<uint8_t>(state);
       }
     }
+    // A per-key keep list (one mask row): one thread per tile, so the few bytes per tile of many
+    // tiles are in flight at once (one warp per tile would serialize K / 64 short reads).
+    if (!per_query && per_key) {
+      for (int t = threadIdx.x; t < chunk_tiles; t += kThreads) {
+        const int col0 = (chunk0 + t) * kPlanTileKV;
+        const int cols = min(kPlanTileKV, seqlen_k - col0);
+        const char* tile = base + int64_t(col0) * kElemBytes;
+        Bits bits;
+        if (vector_ok && cols == kPlanTileKV) {
+#pragma unroll
+          for (int c = 0; c < kChunks; ++c) classify_chunk<kElemBytes>(__ldg(reinterpret_cast<const uint4*>(tile) + c), bits);
+        } else {
+          for (int j = 0; j < cols; ++j) {
+            const bool kept = element_kept<kElemBytes>(tile + int64_t(j) * kElemBytes);
+            bits.any |= kept;
+            bits.all &= kept;
+          }
+        }
+        states[t] = static_cast<uint8_t>(bits.any ? (bits.all ? 2 : 1) : 0);
+      }
+      grouped = chunk_tiles;
+    }
     // The rest one warp per tile.
     for (int t = grouped + warp; t < chunk_tiles; t += kWarps) {
       const int col0 = (chunk0 + t) * kPlanTileKV;
