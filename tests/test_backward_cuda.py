@@ -230,6 +230,55 @@ def test_deterministic_mode_is_bitwise_reproducible(bias_shape):
             assert torch.equal(a.view(torch.int16), b.view(torch.int16)), f"{gname} differs between runs"
 
 
+@pytest.mark.parametrize("mask_shape", [(2, 2, 200, 260), (1, 1, 200, 260), (2, 1, 1, 260), (1, 4, 200, 1)])
+def test_backward_walks_the_plan_the_forward_kept(mask_shape):
+    """The forward writes its tile plan into a caller-held buffer (sized as plan_bytes says, which must
+    match the library's own answer) and the backward walks it instead of reading the mask again:
+    the gradients are bitwise those of a backward that builds the plan itself."""
+    from flash_dmattn import _C
+
+    B, Q, K, H, H_kv, D = 2, 200, 260, 4, 2, 64
+    require_kernels(torch.bfloat16, D, "fwd", "bwd")
+    inp = rand_inputs(B, Q, K, H, H_kv, D, dtype=torch.bfloat16, mask_shape=mask_shape, keep_prob=0.5,
+                      bias_shape=(B, H_kv, 1, K))
+    q, k, v, dout, mask, bias = (t.cuda() for t in (inp.q, inp.k, inp.v, inp.dout, inp.mask, inp.bias))
+    out, lse = poisoned(q.shape, q.dtype), poisoned((B, H, Q), torch.float32)
+    scale = D**-0.5
+    nbytes = cuda_backend.plan_bytes(mask, Q, K)
+    assert nbytes == _C.fwd_plan_size(q, k, v, mask, bias, out, lse, scale, 0.0, True)
+    plan = torch.full((nbytes,), 0xFF, dtype=torch.uint8, device="cuda")
+    cuda_backend.fwd(q, k, v, mask, bias, out, lse, scale, True, 0.0, plan)
+    grads = []
+    for kept in (plan, None):
+        dq, dk, dv = poisoned(q.shape, q.dtype), poisoned(k.shape, k.dtype), poisoned(v.shape, v.dtype)
+        dbias = poisoned(bias.shape, bias.dtype)
+        cuda_backend.bwd(dout, q, k, v, mask, bias, out, lse, dq, dk, dv, dbias, scale, True, 0.0, True, kept)
+        grads.append((dq, dk, dv, dbias))
+    for a, b, name in zip(*grads, ("dq", "dk", "dv", "dbias")):
+        assert torch.equal(a.view(torch.int16), b.view(torch.int16)), f"{name}: walking the kept plan differs"
+    with pytest.raises(RuntimeError, match="tile_plan: .* bytes given"):
+        cuda_backend.bwd(dout, q, k, v, mask, bias, out, lse, dq, dk, dv, dbias, scale, True, 0.0, True, plan[:16])
+
+
+def test_autograd_hands_the_forward_plan_to_the_backward(monkeypatch):
+    import flash_dmattn
+
+    require_kernels(torch.bfloat16, 64, "fwd", "bwd")
+    inp = rand_inputs(1, 130, 140, 2, 2, 64, dtype=torch.bfloat16, mask_shape=(1, 2, 130, 140))
+    seen = []
+    real_bwd = flash_dmattn.ops.bwd
+
+    def spy(*args):
+        seen.append(args[13])  # the plan
+        return real_bwd(*args)
+
+    monkeypatch.setattr(flash_dmattn.ops, "bwd", spy)
+    q = inp.q.cuda().requires_grad_()
+    flash_dmattn.flash_dmattn_func(q, inp.k.cuda(), inp.v.cuda(), attn_mask=inp.mask.cuda()).sum().backward()
+    assert len(seen) == 1 and seen[0].numel() == cuda_backend.plan_bytes(inp.mask, 130, 140)
+    assert q.grad is not None and not q.grad.isnan().any()
+
+
 def test_no_queries_gives_zero_dk_dv_and_no_keys_zero_dq():
     require_kernels(torch.bfloat16, 64, "fwd", "bwd")
     for Q, K in ((0, 100), (100, 0)):

@@ -165,6 +165,8 @@ FWD_CASES = {
     "causal 2": (dict(causal=2), "causal:"),
     "cu_seqlens_q alone": (dict(cu_seqlens_q=Desc((3,), INT32)), "cu_seqlens_k:"),
     "block_table without varlen": (dict(block_table=Desc((B, 4), INT32)), "block_table:"),
+    "tile_plan NULL with a size": (dict(tile_plan_size=64), "tile_plan:"),
+    "tile_plan misaligned": (dict(tile_plan=8, tile_plan_size=64), "tile_plan:"),
 }
 
 
@@ -176,6 +178,21 @@ def test_forward_validation_names_the_argument(lib, case):
     assert last_error(lib).startswith(prefix), last_error(lib)
     size = ctypes.c_size_t()
     assert lib.dmattn_fwd_workspace_size(ctypes.byref(args), ctypes.byref(size)) == capi.INVALID_ARGUMENT
+    assert lib.dmattn_fwd_plan_size(ctypes.byref(args), ctypes.byref(size)) == capi.INVALID_ARGUMENT
+
+
+@pytest.mark.skipif(HAS_GPU, reason="valid calls reach the device on a GPU machine")
+def test_callers_built_before_the_tile_plan_fields_are_still_served(lib):
+    """struct_size may stop before the appended tile_plan fields (an older dmattn.h): they read as absent."""
+    fwd = capi.fwd_args(mask=Desc((2, 1, 5, 7), BOOL), tile_plan_size=64)  # invalid if it were read
+    fwd.struct_size = capi.FwdArgs.tile_plan.offset
+    assert lib.dmattn_fwd(ctypes.byref(fwd)) == capi.NO_CUDA_DEVICE, last_error(lib)
+    bwd = capi.bwd_args(tile_plan_size=64)
+    bwd.struct_size = capi.BwdArgs.tile_plan.offset
+    assert lib.dmattn_bwd(ctypes.byref(bwd)) == capi.NO_CUDA_DEVICE, last_error(lib)
+    bwd.struct_size = capi.BwdArgs.tile_plan.offset + 4
+    assert lib.dmattn_bwd(ctypes.byref(bwd)) == capi.INVALID_ARGUMENT
+    assert last_error(lib).startswith("args: struct_size")
 
 
 def test_forward_validation_rejects_a_foreign_struct_size(lib):
@@ -229,6 +246,7 @@ BWD_CASES = {
     "dbias shape": (dict(bias=Desc((B, H, 1, K)), dbias=Desc((B, H, Q, K))), "dbias:"),
     "deterministic 3": (dict(deterministic=3), "deterministic:"),
     "block_table without varlen": (dict(block_table=Desc((B, 4), INT32)), "block_table:"),
+    "tile_plan NULL with a size": (dict(tile_plan_size=64), "tile_plan:"),
 }
 
 

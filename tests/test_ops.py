@@ -53,7 +53,8 @@ def test_opcheck_fwd(name):
 @pytest.mark.parametrize("bias_requires_grad", [True, False])
 def test_opcheck_bwd(bias_requires_grad):
     q, k, v, mask, bias, scale, causal, softcap, det = _fwd_args(FWD_CASES["mask and bias, causal, softcap"], False)
-    out, lse = ops.fwd(q, k, v, mask, bias, scale, causal, softcap, det)
+    out, lse, plan = ops.fwd(q, k, v, mask, bias, scale, causal, softcap, det)
+    assert plan.dtype == torch.uint8 and plan.numel() == 0  # the CPU forward keeps no tile plan
     dout = torch.randn_like(out)
     torch.library.opcheck(ops.bwd, (dout, q, k, v, mask, bias, out, lse, scale, causal, softcap, det,
                                     bias_requires_grad))

@@ -307,7 +307,7 @@ def flash_dmattn_func(
         return (out, lse) if want_lse else out
     a = normalize(q, k, v, attn_mask, attn_bias, scale, is_causal, softcap, deterministic,
                   kernel=_is_kernel_path(q))
-    out, lse = ops.fwd(a.q, a.k, a.v, a.mask, a.bias, a.scale, a.causal, a.softcap, a.deterministic)
+    out, lse, _ = ops.fwd(a.q, a.k, a.v, a.mask, a.bias, a.scale, a.causal, a.softcap, a.deterministic)
     return (out, lse) if want_lse else out
 
 
@@ -345,7 +345,8 @@ def _fwd_eager_cuda(q, k, v, attn_mask, attn_bias, scale, is_causal, softcap):
         mask = mask != 0
     bias = _collapse_for_kernel(attn_bias, "attn_bias")
     scale = q.shape[-1] ** -0.5 if scale is None else _real(scale, "scale")
-    return ops.cuda_fwd(q, k, v, mask, bias, scale, _flag(is_causal, "is_causal"), _softcap(softcap), False)
+    return ops.cuda_fwd(q, k, v, mask, bias, scale, _flag(is_causal, "is_causal"), _softcap(softcap), False,
+                        keep_plan=False)
 
 
 def flash_dmattn_qkvpacked_func(
@@ -376,7 +377,7 @@ def flash_dmattn_qkvpacked_func(
     a = normalize(q, k, v, attn_mask, attn_bias, scale, is_causal, softcap, deterministic,
                   names=("qkv", "qkv", "qkv"), kernel=_is_kernel_path(qkv))
     want_lse = _flag(return_lse, "return_lse")
-    out, lse = ops.fwd(a.q, a.k, a.v, a.mask, a.bias, a.scale, a.causal, a.softcap, a.deterministic)
+    out, lse, _ = ops.fwd(a.q, a.k, a.v, a.mask, a.bias, a.scale, a.causal, a.softcap, a.deterministic)
     return (out, lse) if want_lse else out
 
 
@@ -409,7 +410,7 @@ def flash_dmattn_kvpacked_func(
     a = normalize(q, k, v, attn_mask, attn_bias, scale, is_causal, softcap, deterministic,
                   names=("q", "kv", "kv"), kernel=_is_kernel_path(q))
     want_lse = _flag(return_lse, "return_lse")
-    out, lse = ops.fwd(a.q, a.k, a.v, a.mask, a.bias, a.scale, a.causal, a.softcap, a.deterministic)
+    out, lse, _ = ops.fwd(a.q, a.k, a.v, a.mask, a.bias, a.scale, a.causal, a.softcap, a.deterministic)
     return (out, lse) if want_lse else out
 
 

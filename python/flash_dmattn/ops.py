@@ -3,12 +3,14 @@
 # Invariant: CUDA tensors run our kernels or raise; they never fall back to the reference here.
 """torch.library ops: one schema, a fake impl, a CPU impl and a CUDA impl per op.
 
-Outputs: fwd ``(out, lse)``, bwd ``(dq, dk, dv, dbias)``. The ops take already-normalized arguments
+Outputs: fwd ``(out, lse, plan)``, bwd ``(dq, dk, dv, dbias)``. The ops take already-normalized arguments
 (api.py checks them). ``out`` is contiguous in q's dtype; ``lse`` is float32 (float64 for float64
 inputs): (B, H, Q) for fwd, (H, total_q) for varlen_fwd. ``dbias`` has the bias's shape, or is an
 empty tensor of shape (0,) when there is no bias or ``bias_requires_grad`` is False (an op cannot
 return ``Tensor?``). ``deterministic`` only affects the backward; fwd takes it so autograd can hand
-it on. ``lse`` is not differentiable.
+it on. ``lse`` is not differentiable. ``plan`` (uint8, 1-D) is the schedule of the mask's kept tiles
+that the CUDA forward writes for the backward to walk (bwd's last argument), so the backward does
+not read the mask again; it is empty (shape (0,)) without a mask and on CPU.
 
 Registered with ``torch.library.Library`` (define + impl) rather than ``custom_op``: custom_op wraps
 each kernel in a dynamo-disable that imports torch._dynamo on the first call (seconds).
@@ -40,6 +42,17 @@ def _dbias_like(bias: Optional[Tensor], bias_requires_grad: bool, q: Tensor) -> 
     if bias is None or not bias_requires_grad:
         return _no_dbias(q)
     return torch.empty(bias.shape, dtype=bias.dtype, device=bias.device)
+
+
+def _no_plan(q: Tensor) -> Tensor:
+    return q.new_empty((0,), dtype=torch.uint8)
+
+
+def _plan_like(q: Tensor, k: Tensor, mask: Optional[Tensor]) -> Tensor:
+    """The fwd op's plan output: sized for the mask on CUDA, else empty."""
+    if mask is None or q.device.type != "cuda" or q.numel() == 0 or k.shape[1] == 0:
+        return _no_plan(q)
+    return q.new_empty((_cuda.plan_bytes(mask, q.shape[1], k.shape[1]),), dtype=torch.uint8)
 
 
 def _empty_fwd(q: Tensor, k: Tensor, lse_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -80,7 +93,7 @@ def _require_cuda_backend(op: str, q: Tensor) -> None:
 
 _lib.define(
     "fwd(Tensor q, Tensor k, Tensor v, Tensor? mask, Tensor? bias, float scale, bool causal, "
-    "float softcap, bool deterministic) -> (Tensor out, Tensor lse)"
+    "float softcap, bool deterministic) -> (Tensor out, Tensor lse, Tensor plan)"
 )
 fwd = torch.ops.flash_dmattn.fwd.default  # the handle the package calls
 
@@ -88,30 +101,37 @@ fwd = torch.ops.flash_dmattn.fwd.default  # the handle the package calls
 @torch.library.impl("flash_dmattn::fwd", "cpu", lib=_lib)
 def _fwd_cpu(q, k, v, mask, bias, scale, causal, softcap, deterministic):
     if q.numel() == 0 or k.shape[1] == 0:
-        return _empty_fwd(q, k, _lse_dtype(q))
+        return *_empty_fwd(q, k, _lse_dtype(q)), _no_plan(q)
     out, lse = reference.attention_forward(
         q, k, v, mask, bias, scale=scale, causal=causal, softcap=softcap
     )
-    return out.contiguous(), lse.contiguous()
+    return out.contiguous(), lse.contiguous(), _no_plan(q)
 
 
 @torch.library.register_fake("flash_dmattn::fwd", lib=_lib)
 def _fwd_fake(q, k, v, mask, bias, scale, causal, softcap, deterministic):
     B, Q, H, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((B, H, Q), dtype=_lse_dtype(q))
+    return q.new_empty(q.shape), q.new_empty((B, H, Q), dtype=_lse_dtype(q)), _plan_like(q, k, mask)
 
 
-def _fwd_cuda(q, k, v, mask, bias, scale, causal, softcap, deterministic):
+def _fwd_cuda(q, k, v, mask, bias, scale, causal, softcap, deterministic, keep_plan=True):
+    """The op's CUDA impl: (out, lse, plan). api.py's eager inference path, which has no backward
+    to hand a plan to, calls it with keep_plan=False and gets (out, lse)."""
     # On the eager inference path every line here is per-call host time: new_empty reuses q's
     # dtype and device without building them again.
     _require_cuda_backend("fwd", q)
     B, Q, H, D = q.shape
     if B == 0 or Q == 0 or H == 0 or k.shape[1] == 0:
-        return _empty_fwd(q, k, torch.float32)
+        out, lse = _empty_fwd(q, k, torch.float32)
+        return (out, lse, _no_plan(q)) if keep_plan else (out, lse)
     out = q.new_empty((B, Q, H, D))
     lse = q.new_empty((B, H, Q), dtype=torch.float32)
-    _cuda.fwd(q, k, v, mask, bias, out, lse, scale, causal, softcap)
-    return out, lse
+    if not keep_plan:
+        _cuda.fwd(q, k, v, mask, bias, out, lse, scale, causal, softcap)
+        return out, lse
+    plan = _plan_like(q, k, mask)
+    _cuda.fwd(q, k, v, mask, bias, out, lse, scale, causal, softcap, plan if plan.numel() else None)
+    return out, lse, plan
 
 
 # Registered by call, not as a decorator: the decorator form returns None on some torch versions
@@ -127,14 +147,14 @@ cuda_fwd = _fwd_cuda
 _lib.define(
     "bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor? mask, Tensor? bias, Tensor out, "
     "Tensor lse, float scale, bool causal, float softcap, bool deterministic, "
-    "bool bias_requires_grad) -> (Tensor dq, Tensor dk, Tensor dv, Tensor dbias)"
+    "bool bias_requires_grad, Tensor? plan=None) -> (Tensor dq, Tensor dk, Tensor dv, Tensor dbias)"
 )
 bwd = torch.ops.flash_dmattn.bwd.default  # the handle the package calls
 
 
 @torch.library.impl("flash_dmattn::bwd", "cpu", lib=_lib)
 def _bwd_cpu(dout, q, k, v, mask, bias, out, lse, scale, causal, softcap, deterministic,
-             bias_requires_grad):
+             bias_requires_grad, plan=None):
     if q.numel() == 0 or k.shape[1] == 0:
         return _zero_grads(q, k, v, bias, bias_requires_grad)
     dq, dk, dv, dbias = reference.attention_backward(
@@ -147,14 +167,14 @@ def _bwd_cpu(dout, q, k, v, mask, bias, out, lse, scale, causal, softcap, determ
 
 @torch.library.register_fake("flash_dmattn::bwd", lib=_lib)
 def _bwd_fake(dout, q, k, v, mask, bias, out, lse, scale, causal, softcap, deterministic,
-              bias_requires_grad):
+              bias_requires_grad, plan=None):
     return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
             _dbias_like(bias, bias_requires_grad, q))
 
 
 @torch.library.impl("flash_dmattn::bwd", "cuda", lib=_lib)
 def _bwd_cuda(dout, q, k, v, mask, bias, out, lse, scale, causal, softcap, deterministic,
-              bias_requires_grad):
+              bias_requires_grad, plan=None):
     _require_cuda_backend("bwd", q)
     if q.numel() == 0 or k.shape[1] == 0:
         return _zero_grads(q, k, v, bias, bias_requires_grad)
@@ -164,24 +184,25 @@ def _bwd_cuda(dout, q, k, v, mask, bias, out, lse, scale, causal, softcap, deter
     dbias = _dbias_like(bias, bias_requires_grad, q)
     _cuda.bwd(dout, q, k, v, mask, bias, out, lse, dq, dk, dv,
               dbias if bias is not None and bias_requires_grad else None,
-              scale, causal, softcap, deterministic)
+              scale, causal, softcap, deterministic,
+              plan if mask is not None and plan is not None and plan.numel() else None)
     return dq, dk, dv, dbias
 
 
 def _fwd_setup_context(ctx, inputs, output):
     q, k, v, mask, bias, scale, causal, softcap, deterministic = inputs
-    out, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(q, k, v, mask, bias, out, lse)
+    out, lse, plan = output
+    ctx.mark_non_differentiable(lse, plan)
+    ctx.save_for_backward(q, k, v, mask, bias, out, lse, plan)
     ctx.args = (scale, causal, softcap, deterministic)
 
 
-def _fwd_backward(ctx, dout, _dlse):
-    q, k, v, mask, bias, out, lse = ctx.saved_tensors
+def _fwd_backward(ctx, dout, _dlse, _dplan):
+    q, k, v, mask, bias, out, lse, plan = ctx.saved_tensors
     scale, causal, softcap, deterministic = ctx.args
     want_dbias = bias is not None and ctx.needs_input_grad[4]
     dq, dk, dv, dbias = bwd(_last_dim_contiguous(dout), q, k, v, mask, bias, out, lse,
-                            scale, causal, softcap, deterministic, want_dbias)
+                            scale, causal, softcap, deterministic, want_dbias, plan)
     return dq, dk, dv, None, (dbias if want_dbias else None), None, None, None, None
 
 

@@ -129,12 +129,20 @@ void bind_workspace(nb::handle ws, Tensor& holder, Args& args, SizeFn size_fn) {
   args.workspace_size = holder.nbytes();
 }
 
+// The caller-held tile plan (a byte tensor, or None).
+template <typename Args>
+void bind_plan(nb::handle h, Tensor& holder, Args& args) {
+  holder.reset(h, "tile_plan");
+  args.tile_plan = holder.data();
+  args.tile_plan_size = holder.nbytes();
+}
+
 struct FwdCall {
-  Tensor q, k, v, mask, bias, out, lse, cu_q, cu_k, table, workspace;
+  Tensor q, k, v, mask, bias, out, lse, cu_q, cu_k, table, workspace, plan;
   dmattn_fwd_args args{};
   FwdCall(nb::handle q_, nb::handle k_, nb::handle v_, nb::handle mask_, nb::handle bias_, nb::handle out_,
           nb::handle lse_, nb::handle cu_q_, nb::handle cu_k_, nb::handle table_, int64_t max_q, int64_t max_k,
-          float scale, float softcap, bool causal, nb::handle ws_, nb::handle stream_)
+          float scale, float softcap, bool causal, nb::handle ws_, nb::handle stream_, nb::handle plan_ = nb::none())
       : q(q_, "q"), k(k_, "k"), v(v_, "v"), mask(mask_, "mask"), bias(bias_, "bias"), out(out_, "out"),
         lse(lse_, "lse"), cu_q(cu_q_, "cu_seqlens_q"), cu_k(cu_k_, "cu_seqlens_k"), table(table_, "block_table") {
     args.struct_size = sizeof(args);
@@ -144,17 +152,19 @@ struct FwdCall {
     args.max_seqlen_q = max_q; args.max_seqlen_k = max_k;
     args.scale = scale; args.softcap = softcap; args.causal = causal ? 1 : 0;
     args.stream = stream_of(stream_, q);
+    bind_plan(plan_, plan, args);  // before the workspace: a caller-held plan takes none
     bind_workspace(ws_, workspace, args, dmattn_fwd_workspace_size);
   }
 };
 
 struct BwdCall {
-  Tensor dout, q, k, v, mask, bias, out, lse, dq, dk, dv, dbias, cu_q, cu_k, table, workspace;
+  Tensor dout, q, k, v, mask, bias, out, lse, dq, dk, dv, dbias, cu_q, cu_k, table, workspace, plan;
   dmattn_bwd_args args{};
   BwdCall(nb::handle dout_, nb::handle q_, nb::handle k_, nb::handle v_, nb::handle mask_, nb::handle bias_,
           nb::handle out_, nb::handle lse_, nb::handle dq_, nb::handle dk_, nb::handle dv_, nb::handle dbias_,
           nb::handle cu_q_, nb::handle cu_k_, nb::handle table_, int64_t max_q, int64_t max_k, float scale,
-          float softcap, bool causal, bool deterministic, nb::handle ws_, nb::handle stream_)
+          float softcap, bool causal, bool deterministic, nb::handle ws_, nb::handle stream_,
+          nb::handle plan_ = nb::none())
       : dout(dout_, "dout"), q(q_, "q"), k(k_, "k"), v(v_, "v"), mask(mask_, "mask"), bias(bias_, "bias"),
         out(out_, "out"), lse(lse_, "lse"), dq(dq_, "dq"), dk(dk_, "dk"), dv(dv_, "dv"), dbias(dbias_, "dbias"),
         cu_q(cu_q_, "cu_seqlens_q"), cu_k(cu_k_, "cu_seqlens_k"), table(table_, "block_table") {
@@ -167,15 +177,19 @@ struct BwdCall {
     args.scale = scale; args.softcap = softcap; args.causal = causal ? 1 : 0;
     args.deterministic = deterministic ? 1 : 0;
     args.stream = stream_of(stream_, q);
+    bind_plan(plan_, plan, args);
     bind_workspace(ws_, workspace, args, dmattn_bwd_workspace_size);
   }
 };
 
-void expect_arity(const nb::args& a, size_t n, const char* fn) {
-  if (a.size() != n)
-    throw nb::type_error((std::string(fn) + "() takes " + std::to_string(n) + " positional arguments, got " +
-                          std::to_string(a.size())).c_str());
+void expect_arity(const nb::args& a, size_t n, const char* fn, size_t optional = 0) {
+  if (a.size() < n || a.size() > n + optional)
+    throw nb::type_error((std::string(fn) + "() takes " + std::to_string(n) +
+                          (optional ? " or " + std::to_string(n + optional) : std::string()) +
+                          " positional arguments, got " + std::to_string(a.size())).c_str());
 }
+// Trailing optional positional argument i, or None.
+nb::handle optional_arg(const nb::args& a, size_t i) { return i < a.size() ? a[i] : nb::handle(Py_None); }
 float f32(nb::handle h) { return nb::cast<float>(h); }
 int64_t i64(nb::handle h) { return nb::cast<int64_t>(h); }
 bool flag(nb::handle h) { return nb::cast<bool>(h); }
@@ -248,10 +262,18 @@ NB_MODULE(_C, m) {
               f32(a[8]), flag(a[9]), nb::none(), nb::int_(0));
     return fwd_workspace(c);
   });
-  m.def("fwd", [](nb::args a) {  // q k v mask bias out lse workspace scale softcap causal stream
-    expect_arity(a, 12, "fwd");
+  m.def("fwd_plan_size", [](nb::args a) {  // q k v mask bias out lse scale softcap causal
+    expect_arity(a, 10, "fwd_plan_size");
+    FwdCall c(a[0], a[1], a[2], a[3], a[4], a[5], a[6], nb::none(), nb::none(), nb::none(), 0, 0, f32(a[7]),
+              f32(a[8]), flag(a[9]), nb::none(), nb::int_(0));
+    size_t bytes = 0;
+    call([&] { return dmattn_fwd_plan_size(&c.args, &bytes); });
+    return bytes;
+  });
+  m.def("fwd", [](nb::args a) {  // q k v mask bias out lse workspace scale softcap causal stream [tile_plan]
+    expect_arity(a, 12, "fwd", 1);
     FwdCall c(a[0], a[1], a[2], a[3], a[4], a[5], a[6], nb::none(), nb::none(), nb::none(), 0, 0, f32(a[8]),
-              f32(a[9]), flag(a[10]), a[7], a[11]);
+              f32(a[9]), flag(a[10]), a[7], a[11], optional_arg(a, 12));
     call([&] { return dmattn_fwd(&c.args); });
   });
   // q k v mask bias out lse cu_q cu_k block_table max_q max_k scale softcap causal [workspace stream]
@@ -275,10 +297,11 @@ NB_MODULE(_C, m) {
     return bwd_workspace(c);
   });
   // dout q k v mask bias out lse dq dk dv dbias workspace scale softcap causal deterministic stream
+  //   [tile_plan]
   m.def("bwd", [](nb::args a) {
-    expect_arity(a, 18, "bwd");
+    expect_arity(a, 18, "bwd", 1);
     BwdCall c(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], nb::none(), nb::none(),
-              nb::none(), 0, 0, f32(a[13]), f32(a[14]), flag(a[15]), flag(a[16]), a[12], a[17]);
+              nb::none(), 0, 0, f32(a[13]), f32(a[14]), flag(a[15]), flag(a[16]), a[12], a[17], optional_arg(a, 18));
     call([&] { return dmattn_bwd(&c.args); });
   });
   // dout q k v mask bias out lse dq dk dv dbias cu_q cu_k block_table max_q max_k scale softcap causal

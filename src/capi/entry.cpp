@@ -45,7 +45,7 @@ using SizeEntry = dmattn_status (*dmattn_family_table::*)(const Problem*, size_t
 template <typename Problem>
 using RunEntry = dmattn_status (*dmattn_family_table::*)(const Problem*, char*, size_t);
 
-// validate -> (nothing to write: done) -> family for the device -> its workspace size.
+// validate -> (nothing to write: done) -> family for the device -> a size it answers (workspace, plan).
 template <typename Args, typename Problem>
 dmattn_status workspace_size(const char* entry, const Args* args, size_t* bytes, Problem (*validate)(const Args*),
                              SizeEntry<Problem> size_entry) {
@@ -146,6 +146,10 @@ dmattn_status dmattn_fwd_workspace_size(const dmattn_fwd_args* args, size_t* byt
 
 dmattn_status dmattn_fwd(const dmattn_fwd_args* args) {
   return run("dmattn_fwd", args, validate_fwd, &dmattn_family_table::fwd_workspace_size, &dmattn_family_table::fwd);
+}
+
+dmattn_status dmattn_fwd_plan_size(const dmattn_fwd_args* args, size_t* bytes) {
+  return workspace_size("dmattn_fwd_plan_size", args, bytes, validate_fwd, &dmattn_family_table::fwd_plan_size);
 }
 
 dmattn_status dmattn_bwd_workspace_size(const dmattn_bwd_args* args, size_t* bytes) {

@@ -4,6 +4,7 @@
 #include "capi/validate.h"
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <sstream>
 #include <string>
@@ -401,13 +402,26 @@ void check_lse(const Arg& lse, const Common& c) {
   lse.require_compact();
 }
 
+// struct_size is sizeof(ArgsT), or the size before the appended tile_plan fields (a caller built
+// against the older dmattn.h).
 template <typename ArgsT>
 void check_struct(const ArgsT* args, const char* type_name) {
   if (args == nullptr) invalid(std::string("args: NULL ") + type_name + " pointer");
-  if (args->struct_size != sizeof(ArgsT))
+  if (args->struct_size != sizeof(ArgsT) && args->struct_size != offsetof(ArgsT, tile_plan))
     invalid(std::string("args: struct_size is ") + std::to_string(args->struct_size) + " but this libdmattn expects sizeof(" +
             type_name + ") = " + std::to_string(sizeof(ArgsT)) + "; rebuild against the dmattn.h of this library (ABI " +
             std::to_string(DMATTN_ABI_VERSION) + ")");
+}
+
+// The appended tile_plan fields, (NULL, 0) for an older caller's struct.
+template <typename ArgsT, typename Plan>
+void read_tile_plan(const ArgsT* a, Plan& plan, size_t& size) {
+  if (a->struct_size < sizeof(ArgsT)) return;
+  if (a->tile_plan == nullptr && a->tile_plan_size > 0) invalid("tile_plan: NULL with tile_plan_size > 0");
+  if (a->tile_plan != nullptr && reinterpret_cast<uintptr_t>(a->tile_plan) % 16 != 0)
+    invalid("tile_plan: must be 16-byte aligned");
+  plan = a->tile_plan;
+  size = a->tile_plan_size;
 }
 
 Launch launch_of(const Common& c, void* stream, void* workspace, size_t workspace_size) {
@@ -440,6 +454,7 @@ FwdProblem validate_fwd(const dmattn_fwd_args* a) {
     p.lse = static_cast<float*>(lse.data());
   }
   p.nothing_to_write = out.numel() == 0;
+  read_tile_plan(a, p.tile_plan, p.tile_plan_size);
   if (a->workspace_size > 0 && a->workspace == nullptr) invalid("workspace: NULL with workspace_size > 0");
   p.launch = launch_of(c, a->stream, a->workspace, a->workspace_size);
   return p;
@@ -488,6 +503,7 @@ BwdProblem validate_bwd(const dmattn_bwd_args* a) {
     p.dbias = score_view(dbias, c.shape);
   }
   p.deterministic = a->deterministic != 0;
+  read_tile_plan(a, p.tile_plan, p.tile_plan_size);
   p.nothing_to_write = dq.numel() == 0 && dk.numel() == 0 && dv.numel() == 0 && (!dbias.present() || dbias.numel() == 0);
   if (a->workspace_size > 0 && a->workspace == nullptr) invalid("workspace: NULL with workspace_size > 0");
   p.launch = launch_of(c, a->stream, a->workspace, a->workspace_size);

@@ -10,7 +10,7 @@
 #include "dmattn/dmattn.h"
 #include "family/problem.h"
 
-#define DMATTN_FAMILY_ABI 1
+#define DMATTN_FAMILY_ABI 2
 #define DMATTN_FAMILY_ENTRY "dmattn_family_get"
 
 extern "C" {
@@ -25,6 +25,8 @@ typedef struct dmattn_family_table {
   dmattn_status (*fwd)(const dmattn::FwdProblem*, char* msg, size_t msg_len);
   dmattn_status (*bwd_workspace_size)(const dmattn::BwdProblem*, size_t* bytes, char* msg, size_t msg_len);
   dmattn_status (*bwd)(const dmattn::BwdProblem*, char* msg, size_t msg_len);
+  // Bytes of the caller-held tile plan of a forward problem (0 without a mask).
+  dmattn_status (*fwd_plan_size)(const dmattn::FwdProblem*, size_t* bytes, char* msg, size_t msg_len);
 } dmattn_family_table;
 
 typedef const dmattn_family_table* (*dmattn_family_get_fn)(void);

@@ -74,6 +74,10 @@ struct FwdProblem {
   Scoring scoring;
   RowView q, k, v, out;
   float* lse = nullptr;            // (B,H,Q) compact, or (H,total_q) for varlen; may be null
+  // The caller's memory for the mask's tile plan (null: the plan lives in the workspace). In a
+  // backward problem it holds the plan the forward wrote.
+  void* tile_plan = nullptr;
+  size_t tile_plan_size = 0;
   bool nothing_to_write = false;   // out and lse are empty: the call is a no-op
   Launch launch;
 };
@@ -87,6 +91,8 @@ struct BwdProblem {
   bool has_dbias = false;
   ScoreView dbias;
   bool deterministic = false;
+  const void* tile_plan = nullptr;  // the forward's tile plan for these inputs, or null (build it again)
+  size_t tile_plan_size = 0;
   bool nothing_to_write = false;   // dq, dk, dv and dbias are all empty: the call is a no-op
   Launch launch;
 };

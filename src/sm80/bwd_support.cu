@@ -398,6 +398,8 @@ FwdProblem bwd_as_fwd(const BwdProblem& p) {
   f.v = p.v;
   f.out = p.out;
   f.launch = p.launch;
+  f.tile_plan = const_cast<void*>(p.tile_plan);  // read only: the backward never builds into it
+  f.tile_plan_size = p.tile_plan_size;
   return f;
 }
 
@@ -425,13 +427,13 @@ dmattn_status bwd_prepare(const BwdProblem& p, int bucket, BwdParams& params, ch
   dmattn_status st = DMATTN_STATUS_SUCCESS;
   // Without queries nothing is walked: no plan (the kernel only writes zero dK and dV).
   if (p.scoring.mask_kind != MaskKind::kNone && s.seqlen_q > 0) {
+    // The forward's plan when the caller kept it, else built again (one pass over the mask).
     const FwdProblem f = bwd_as_fwd(p);
-    params.plan = plan_extents(f);
-    params.plan.rows = reinterpret_cast<int32_t*>(take(w.plan));
+    st = place_tile_plan(f, params.plan, at, msg, msg_len);
+    if (st == DMATTN_STATUS_SUCCESS && p.tile_plan == nullptr) st = build_tile_plan(f, params.plan, msg, msg_len);
+    if (st != DMATTN_STATUS_SUCCESS) return st;
     uint8_t* map = reinterpret_cast<uint8_t*>(take(w.class_map));
     params.tile_class = map;
-    st = build_tile_plan(f, params.plan, msg, msg_len);
-    if (st != DMATTN_STATUS_SUCCESS) return st;
     st = cuda_status(cudaMemsetAsync(map, 0, w.class_map, stream), "clearing the class map", msg, msg_len);
     if (st != DMATTN_STATUS_SUCCESS) return st;
     class_map_kernel<<<params.plan.batches * params.plan.heads * params.plan.q_tiles, 256, 0, stream>>>(params.plan, map);

@@ -130,8 +130,15 @@ dmattn_status bwd(const BwdProblem* p, char* msg, size_t msg_len) {
   return run_dense(*p, "backward", launch_bwd_row, msg, msg_len);
 }
 
+// The caller-held tile plan (tile_plan.h); none for varlen calls, whose kernels do not exist yet.
+dmattn_status fwd_plan_size(const FwdProblem* p, size_t* bytes, char*, size_t) {
+  const bool planned = p->scoring.mask_kind != MaskKind::kNone && p->shape.cu_seqlens_q == nullptr;
+  *bytes = planned ? plan_extents(*p).bytes() : 0;
+  return DMATTN_STATUS_SUCCESS;
+}
+
 constexpr dmattn_family_table kTable = {
-    DMATTN_FAMILY_ABI, DMATTN_FAMILY_NAME, probe, fwd_workspace_size, fwd, bwd_workspace_size, bwd,
+    DMATTN_FAMILY_ABI, DMATTN_FAMILY_NAME, probe, fwd_workspace_size, fwd, bwd_workspace_size, bwd, fwd_plan_size,
 };
 
 }  // namespace

@@ -46,10 +46,8 @@ dmattn_status launch_fwd(const FwdProblem& p, char* msg, size_t msg_len) {
   char* workspace = static_cast<char*>(p.launch.workspace);
   const bool has_mask = p.scoring.mask_kind != MaskKind::kNone;
   if (has_mask) {
-    params.plan = plan_extents(p);
-    params.plan.rows = reinterpret_cast<int32_t*>(workspace);
-    workspace += plan_workspace_bytes(p);
-    const dmattn_status st = build_tile_plan(p, params.plan, msg, msg_len);
+    dmattn_status st = place_tile_plan(p, params.plan, workspace, msg, msg_len);
+    if (st == DMATTN_STATUS_SUCCESS) st = build_tile_plan(p, params.plan, msg, msg_len);
     if (st != DMATTN_STATUS_SUCCESS) return st;
   }
   params.split.splits = choose_splits(p, kHeadDim);

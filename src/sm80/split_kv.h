@@ -9,6 +9,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <cstdio>
 #include <cstdint>
 
 #include "dmattn/dmattn.h"
@@ -70,7 +71,26 @@ inline size_t split_workspace_bytes(const FwdProblem& p, int splits, int head_di
 }
 
 inline size_t plan_workspace_bytes(const FwdProblem& p) {
-  return p.scoring.mask_kind != MaskKind::kNone ? align256(plan_extents(p).bytes()) : 0;
+  // A caller-held plan (tile_plan) takes no workspace.
+  return p.scoring.mask_kind != MaskKind::kNone && p.tile_plan == nullptr ? align256(plan_extents(p).bytes()) : 0;
+}
+
+// Where a problem's tile plan lives: the caller's tile_plan, checked against its size, or else the
+// workspace at `workspace`, which is then advanced past it.
+inline dmattn_status place_tile_plan(const FwdProblem& p, TilePlan& plan, char*& workspace, char* msg, size_t msg_len) {
+  plan = plan_extents(p);
+  if (p.tile_plan == nullptr) {
+    plan.rows = reinterpret_cast<int32_t*>(workspace);
+    workspace += plan_workspace_bytes(p);
+    return DMATTN_STATUS_SUCCESS;
+  }
+  if (p.tile_plan_size < plan.bytes()) {
+    std::snprintf(msg, msg_len, "tile_plan: %zu bytes given, this mask's plan needs %zu (dmattn_fwd_plan_size)",
+                  p.tile_plan_size, plan.bytes());
+    return DMATTN_STATUS_INSUFFICIENT_WORKSPACE;
+  }
+  plan.rows = static_cast<int32_t*>(p.tile_plan);
+  return DMATTN_STATUS_SUCCESS;
 }
 
 // Merges the splits into out and lse (defined in split_kv.cu).

@@ -48,6 +48,7 @@ class FwdArgs(ctypes.Structure):
         ("max_seqlen_q", ctypes.c_int64), ("max_seqlen_k", ctypes.c_int64),
         ("scale", ctypes.c_float), ("softcap", ctypes.c_float), ("causal", ctypes.c_int32),
         ("workspace", ctypes.c_void_p), ("workspace_size", ctypes.c_size_t), ("stream", ctypes.c_void_p),
+        ("tile_plan", ctypes.c_void_p), ("tile_plan_size", ctypes.c_size_t),
     ]
 
 
@@ -60,6 +61,7 @@ class BwdArgs(ctypes.Structure):
         ("scale", ctypes.c_float), ("softcap", ctypes.c_float), ("causal", ctypes.c_int32),
         ("deterministic", ctypes.c_int32),
         ("workspace", ctypes.c_void_p), ("workspace_size", ctypes.c_size_t), ("stream", ctypes.c_void_p),
+        ("tile_plan", ctypes.c_void_p), ("tile_plan_size", ctypes.c_size_t),
     ]
 
 

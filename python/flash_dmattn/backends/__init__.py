@@ -129,8 +129,8 @@ def reference_dmattn_func(q, k, v, attn_mask=None, attn_bias=None, is_causal=Non
                       kernel=False)
     want_lse = api._flag(return_lse, "return_lse")
     if a.q.device.type == "cpu":
-        out, lse = ops.fwd(a.q, a.k, a.v, a.mask, a.bias, a.scale, a.causal, a.softcap,
-                           a.deterministic)
+        out, lse, _ = ops.fwd(a.q, a.k, a.v, a.mask, a.bias, a.scale, a.causal, a.softcap,
+                              a.deterministic)
     else:
         out, lse = _ReferenceAttention.apply(a.q, a.k, a.v, a.mask, a.bias, a.scale, a.causal,
                                              a.softcap)

@@ -109,16 +109,33 @@ def _call(entry, *args) -> None:
         raise _public_error(exc) from None
 
 
-def fwd(q, k, v, mask, bias, out, lse, scale: float, causal: bool, softcap: float) -> None:
-    """Writes out (B,Q,H,D) and lse (B,H,Q) fp32. Raises NotImplementedError for missing kernels."""
-    _call(_C.fwd, *_capsules((q, k, v, mask, bias, out, lse)), _allocator(q), scale, softcap, causal, _stream(q))
+def plan_bytes(mask, seqlen_q: int, seqlen_k: int) -> int:
+    """Bytes of the tile plan the forward writes for a mask of this shape (0 without a mask): int32
+    rows of (key tiles + 2) per (mask batch, mask head, 128-row query tile; one for a per-key mask),
+    as src/sm80/tile_plan.h lays them out. The library checks the size it is given, and
+    tests/test_backward_cuda.py checks this formula against _C.fwd_plan_size."""
+    if mask is None:
+        return 0
+    Bm, Hm, Qm, _ = mask.shape
+    q_tiles = 1 if Qm == 1 else -(-seqlen_q // 128)
+    return Bm * Hm * q_tiles * (-(-seqlen_k // 64) + 2) * 4
+
+
+def fwd(q, k, v, mask, bias, out, lse, scale: float, causal: bool, softcap: float, plan=None) -> None:
+    """Writes out (B,Q,H,D) and lse (B,H,Q) fp32, and with a mask the tile plan into `plan` (a byte
+    tensor of >= plan_bytes, or None: the plan then lives in the workspace and is dropped). Raises
+    NotImplementedError for missing kernels."""
+    args = (*_capsules((q, k, v, mask, bias, out, lse)), _allocator(q), scale, softcap, causal, _stream(q))
+    _call(_C.fwd, *args, *(() if plan is None else _capsules((plan,))))
 
 
 def bwd(dout, q, k, v, mask, bias, out, lse, dq, dk, dv, dbias,
-        scale: float, causal: bool, softcap: float, deterministic: bool) -> None:
-    """Writes dq, dk, dv and (when given) dbias in the bias's own shape."""
+        scale: float, causal: bool, softcap: float, deterministic: bool, plan=None) -> None:
+    """Writes dq, dk, dv and (when given) dbias in the bias's own shape. `plan`: the forward's plan
+    for these same inputs, or None (the backward builds it again from the mask)."""
     tensors = (dout, q, k, v, mask, bias, out, lse, dq, dk, dv, dbias)
-    _call(_C.bwd, *_capsules(tensors), _allocator(q), scale, softcap, causal, deterministic, _stream(q))
+    args = (*_capsules(tensors), _allocator(q), scale, softcap, causal, deterministic, _stream(q))
+    _call(_C.bwd, *args, *(() if plan is None else _capsules((plan,))))
 
 
 def varlen_fwd(q, k, v, mask, bias, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int,

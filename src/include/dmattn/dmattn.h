@@ -106,6 +106,12 @@ typedef struct dmattn_fwd_args {
   void* workspace;                    /* device memory, >= dmattn_fwd_workspace_size bytes */
   size_t workspace_size;
   void* stream;                       /* cudaStream_t; NULL = legacy default stream */
+  /* Appended fields: a caller built against an older dmattn.h passes a smaller struct_size and gets
+   * them as NULL / 0. */
+  void* tile_plan;                    /* optional, with a mask: device memory of >= dmattn_fwd_plan_size
+                                       * bytes that receives the schedule of the mask's kept tiles; hand
+                                       * it unchanged to the backward (dmattn_bwd_args.tile_plan) */
+  size_t tile_plan_size;
 } dmattn_fwd_args;
 
 /* ---- Backward: gradients of the forward above. dk, dv are summed over the query heads of a kv
@@ -137,6 +143,12 @@ typedef struct dmattn_bwd_args {
   void* workspace;
   size_t workspace_size;
   void* stream;
+  /* Appended fields (see dmattn_fwd_args). */
+  const void* tile_plan;              /* optional: the tile_plan the forward wrote for these same inputs
+                                       * (mask, shapes, causal); the backward then walks it instead of
+                                       * reading the mask again. Memory from any other call gives wrong
+                                       * gradients. NULL: the backward builds it. Unused without a mask. */
+  size_t tile_plan_size;
 } dmattn_bwd_args;
 
 /* ---- What this build holds. */
@@ -177,6 +189,8 @@ DMATTN_API dmattn_status dmattn_check_device(int32_t device);
 
 DMATTN_API dmattn_status dmattn_fwd_workspace_size(const dmattn_fwd_args* args, size_t* bytes);
 DMATTN_API dmattn_status dmattn_fwd(const dmattn_fwd_args* args);
+/* Bytes of dmattn_fwd_args.tile_plan for these arguments (0 without a mask: no plan). */
+DMATTN_API dmattn_status dmattn_fwd_plan_size(const dmattn_fwd_args* args, size_t* bytes);
 DMATTN_API dmattn_status dmattn_bwd_workspace_size(const dmattn_bwd_args* args, size_t* bytes);
 DMATTN_API dmattn_status dmattn_bwd(const dmattn_bwd_args* args);
 
