@@ -15,6 +15,7 @@ Writes results.json and results.md to --out.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import sys
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sparse_masks import density, kept_pairs, topw_key_blocks  # noqa: E402
 
 import flash_dmattn  # noqa: E402
-from flash_dmattn.bench import ProgressBar, time_ms  # noqa: E402
+from flash_dmattn.bench import ProgressBar, timed_or_reason  # noqa: E402
 
 DT = torch.bfloat16
 
@@ -67,11 +68,7 @@ def forward_backward(fwd, wrt):
     return run
 
 
-def timed(fn, warmup=3, reps=10):
-    try:
-        return time_ms(fn, torch.device("cuda"), warmup, reps, cold_l2=True), ""
-    except (NotImplementedError, RuntimeError, TypeError, ValueError) as exc:
-        return None, f"{type(exc).__name__}: {str(exc)[:120]}"
+timed = functools.partial(timed_or_reason, inference=False)
 
 
 def row(group, config, system, ms, kept, D, flops_per_pair_d, dens=1.0, note=""):

@@ -16,6 +16,7 @@ Writes results.json, results.md and (with matplotlib) sweep.png to --out.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import sys
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sparse_masks import density, kept_pairs, topw_key_blocks, topw_row_blocks  # noqa: E402
 
 import flash_dmattn  # noqa: E402
-from flash_dmattn.bench import ProgressBar, time_ms  # noqa: E402
+from flash_dmattn.bench import ProgressBar, timed_or_reason  # noqa: E402
 
 DT = torch.bfloat16
 
@@ -74,12 +75,7 @@ def row(group, name, system, ms, kept, D, dens, note=""):
             "tflops": tflops(kept, D, ms) if ms else None, "density": dens, "note": note}
 
 
-def timed(fn, warmup=3, reps=10):
-    try:
-        with torch.inference_mode():
-            return time_ms(fn, torch.device("cuda"), warmup, reps, cold_l2=True), ""
-    except (NotImplementedError, RuntimeError, TypeError, ValueError) as exc:
-        return None, f"{type(exc).__name__}: {str(exc)[:120]}"
+timed = functools.partial(timed_or_reason, inference=True)
 
 
 def group_dense(quick):

@@ -97,6 +97,18 @@ def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps: i
     return statistics.median(times)
 
 
+def timed_or_reason(fn: Callable[[], object], *, inference: bool = False, warmup: int = 3,
+                    reps: int = 10) -> tuple[Optional[float], str]:
+    """(median ms, "") of fn() on CUDA with the L2 flushed before each run (time_ms), under
+    inference_mode when asked; or (None, the reason) when fn raises: a missing kernel or a peer
+    that cannot run the case is a result of the benchmark, not a crash."""
+    try:
+        with torch.inference_mode(inference):
+            return time_ms(fn, torch.device("cuda"), warmup, reps, cold_l2=True), ""
+    except (NotImplementedError, RuntimeError, TypeError, ValueError) as exc:
+        return None, f"{type(exc).__name__}: {str(exc)[:120]}"
+
+
 def _candidates(device: torch.device, causal: bool):
     """[(name, fn(q, k, v) or None, reason)] for this device; q/k/v in (B, L, H, D)."""
     from .api import flash_dmattn_func

@@ -123,15 +123,14 @@ def _fwd_cuda(q, k, v, mask, bias, scale, causal, softcap, deterministic, keep_p
     B, Q, H, D = q.shape
     if B == 0 or Q == 0 or H == 0 or k.shape[1] == 0:
         out, lse = _empty_fwd(q, k, torch.float32)
-        return (out, lse, _no_plan(q)) if keep_plan else (out, lse)
-    out = q.new_empty((B, Q, H, D))
-    lse = q.new_empty((B, H, Q), dtype=torch.float32)
-    if not keep_plan:
-        _cuda.fwd(q, k, v, mask, bias, out, lse, scale, causal, softcap)
-        return out, lse
-    plan = _plan_like(q, k, mask)
-    _cuda.fwd(q, k, v, mask, bias, out, lse, scale, causal, softcap, plan if plan.numel() else None)
-    return out, lse, plan
+        plan = _no_plan(q)
+    else:
+        out = q.new_empty((B, Q, H, D))
+        lse = q.new_empty((B, H, Q), dtype=torch.float32)
+        plan = _plan_like(q, k, mask) if keep_plan else None
+        _cuda.fwd(q, k, v, mask, bias, out, lse, scale, causal, softcap,
+                  plan if plan is not None and plan.numel() else None)
+    return (out, lse, plan) if keep_plan else (out, lse)
 
 
 # Registered by call, not as a decorator: the decorator form returns None on some torch versions

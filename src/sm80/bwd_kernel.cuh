@@ -188,13 +188,15 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
     Element* base = static_cast<Element*>(v.data) + b * v.batch_stride + head * v.head_stride;
     return make_tensor(make_gmem_ptr(base), make_shape(rows, Int<kHeadDim>{}), make_stride(v.row_stride, _1{}));
   };
+  // Rows [tile * 64, +64) of (b, head) of a (rows, D) operand into a shared-memory tile (cp.async).
+  auto load_rows = [&](const RowView& v, int head, int rows, int tile, auto& smem_tile) {
+    Tensor g = local_tile(row_tensor(v, head, rows), Shape<_64, Int<kHeadDim>>{}, make_coord(tile, 0));
+    Tensor t = gmem_thr.partition_D(smem_tile);
+    load_tile(gmem_copy, gmem_thr.partition_S(g), t, cRows, rows - tile * 64, head_dim);
+  };
   auto load_kv = [&]() {
-    Tensor gK = local_tile(row_tensor(p.k, h_kv, s.seqlen_k), Shape<_64, Int<kHeadDim>>{}, make_coord(kt, 0));
-    Tensor gV = local_tile(row_tensor(p.v, h_kv, s.seqlen_k), Shape<_64, Int<kHeadDim>>{}, make_coord(kt, 0));
-    Tensor tKsK = gmem_thr.partition_D(sK);
-    Tensor tVsV = gmem_thr.partition_D(sV);
-    load_tile(gmem_copy, gmem_thr.partition_S(gK), tKsK, cRows, s.seqlen_k - k0, head_dim);
-    load_tile(gmem_copy, gmem_thr.partition_S(gV), tVsV, cRows, s.seqlen_k - k0, head_dim);
+    load_rows(p.k, h_kv, s.seqlen_k, kt, sK);
+    load_rows(p.v, h_kv, s.seqlen_k, kt, sV);
     cp_async_fence();
   };
 
@@ -228,12 +230,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
     Tensor sQ = make_tensor(make_smem_ptr(smem_q + buf * kRowsElems), typename Cfg::SmemLayoutRows{});
     Tensor sdO = make_tensor(make_smem_ptr(smem_do + buf * kRowsElems), typename Cfg::SmemLayoutRows{});
     float* stats = smem_stats + buf * 3 * kTileQ;
-    Tensor gQ = local_tile(row_tensor(p.q, h, s.seqlen_q), Shape<_64, Int<kHeadDim>>{}, make_coord(step, 0));
-    Tensor gdO = local_tile(row_tensor(p.dout, h, s.seqlen_q), Shape<_64, Int<kHeadDim>>{}, make_coord(step, 0));
-    Tensor tQsQ = gmem_thr.partition_D(sQ);
-    Tensor tdOsdO = gmem_thr.partition_D(sdO);
-    load_tile(gmem_copy, gmem_thr.partition_S(gQ), tQsQ, cRows, s.seqlen_q - q0, head_dim);
-    load_tile(gmem_copy, gmem_thr.partition_S(gdO), tdOsdO, cRows, s.seqlen_q - q0, head_dim);
+    load_rows(p.q, h, s.seqlen_q, step, sQ);
+    load_rows(p.dout, h, s.seqlen_q, step, sdO);
     if (tid < 3 * kTileQ / 4) {
       const int which = tid / (kTileQ / 4), chunk = tid % (kTileQ / 4);
       const float* src = which == 0 ? params.lse : which == 1 ? params.delta : params.row_fix;
@@ -514,7 +512,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
     for (int i = 0; i < size(acc_dk); ++i) acc_dk(i) *= sc.scale;
     if (slot >= 0) {
       Tensor coord_kv = thr_mma.partition_C(make_identity_tensor(Shape<_64, Int<kHeadDim>>{}));
-      float* dk_sum = params.dkv_accum + int64_t(slot) * 2 * kTileKV * params.dq_stride;
+      float* dk_sum = bwd_slot_sums(params, slot);
       float* dv_sum = dk_sum + kTileKV * params.dq_stride;
       CUTE_UNROLL
       for (int i = 0; i < size(acc_dk); i += 2) {
@@ -539,10 +537,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
     const int index = item_taken;
     if (index >= params.schedule->items) break;
     const BwdItem item = params.items[index];
-    const int per_tile = s.batch * s.heads_kv;
-    kt = item.column / per_tile;
-    b = item.column % per_tile / s.heads_kv;
-    h_kv = item.column % s.heads_kv;
+    const BwdColumn column = bwd_column(s, item.column);
+    kt = column.kt;
+    b = column.b;
+    h_kv = column.h_kv;
     k0 = kt * kTileKV;
     const BwdStepRange range = bwd_step_range(s, sc.causal, k0);
     first_step = range.first;

@@ -39,10 +39,10 @@ struct BwdItem {
   int32_t column, begin, end, slot;
 };
 
-// The list's header, written by the scheduling kernel: items, the next item to hand out, slots in
-// use and the segment length in steps.
+// The list's header, written by the scheduling kernel: items, the next item to hand out and slots
+// in use.
 struct BwdSchedule {
-  int32_t items, next, slots, segment;
+  int32_t items, next, slots;
 };
 
 // A column with fewer kept steps than this is not split: K, V loads and the dK, dV flush per item
@@ -94,6 +94,21 @@ struct BwdParams {
   int32_t max_slots = 0;
   int32_t sm_count = 0;
 };
+
+// A column's (key tile, batch, kv head) from its number, key tile major (BwdItem).
+struct BwdColumn {
+  int kt, b, h_kv;
+};
+__host__ __device__ inline BwdColumn bwd_column(const Extents& s, int column) {
+  const int per_tile = s.batch * s.heads_kv;
+  return {column / per_tile, column % per_tile / s.heads_kv, column % s.heads_kv};
+}
+
+// A split column's fp32 sums in its slot: dK (scaled) at [0], dV at [kBwdTileKV * dq_stride], each
+// (64 keys, head-dim bucket).
+__host__ __device__ inline float* bwd_slot_sums(const BwdParams& params, int slot) {
+  return params.dkv_accum + int64_t(slot) * 2 * kBwdTileKV * params.dq_stride;
+}
 
 // The query steps of one key tile starting at key k0: steps [first, count) under causal, where no
 // row before `first` sees a key of the tile.

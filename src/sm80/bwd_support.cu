@@ -179,21 +179,12 @@ __global__ void reduce_dbias_kernel(const float* in, int in_b, int in_h, int in_
   }
 }
 
-// A column's (key tile, batch, kv head) from its number, key tile major (bwd_launch.h).
-struct Column {
-  int kt, b, h_kv;
-};
-__device__ inline Column column_of(const Extents& s, int col) {
-  const int per_tile = s.batch * s.heads_kv;
-  return {col / per_tile, col % per_tile / s.heads_kv, col % s.heads_kv};
-}
-
 // One thread per column: its kept query steps, over the query heads of its kv group.
 __global__ void count_column_steps_kernel(const BwdParams params) {
   const int col = blockIdx.x * blockDim.x + threadIdx.x;
   if (col >= params.columns) return;
   const Extents& s = params.p.shape;
-  const Column c = column_of(s, col);
+  const BwdColumn c = bwd_column(s, col);
   const BwdStepRange range = bwd_step_range(s, params.p.scoring.causal, c.kt * kBwdTileKV);
   const bool has_mask = params.tile_class != nullptr;
   const int group = s.heads / s.heads_kv;
@@ -260,14 +251,14 @@ __global__ void __launch_bounds__(kScheduleThreads) schedule_kernel(const BwdPar
       items[at.x++] = {c, lo, steps - lo < segment ? steps : lo + segment, slot};
     }
   }
-  if (threadIdx.x == 0) *params.schedule = {totals.x, 0, totals.y, segment};
+  if (threadIdx.x == 0) *params.schedule = {totals.x, 0, totals.y};
 }
 
 // One block per slot in use: its dK, dV sums start at 0.
 __global__ void clear_slots_kernel(const BwdParams params) {
   if (int(blockIdx.x) >= params.schedule->slots) return;
   const int n = 2 * kBwdTileKV * params.dq_stride;
-  float* slot = params.dkv_accum + int64_t(blockIdx.x) * n;
+  float* slot = bwd_slot_sums(params, blockIdx.x);
   for (int i = threadIdx.x; i < n; i += blockDim.x) slot[i] = 0.f;
 }
 
@@ -280,9 +271,9 @@ __global__ void finish_columns_kernel(const BwdParams params) {
   if (steps != 0 && slot < 0) return;
   const BwdProblem& p = params.p;
   const Extents& s = p.shape;
-  const Column c = column_of(s, col);
+  const BwdColumn c = bwd_column(s, col);
   const int stride = params.dq_stride;
-  const float* dk_sum = slot >= 0 ? params.dkv_accum + int64_t(slot) * 2 * kBwdTileKV * stride : nullptr;
+  const float* dk_sum = slot >= 0 ? bwd_slot_sums(params, slot) : nullptr;
   const float* dv_sum = dk_sum ? dk_sum + kBwdTileKV * stride : nullptr;
   const int per_row = s.head_dim / 8;
   for (int i = threadIdx.x; i < kBwdTileKV * per_row; i += blockDim.x) {

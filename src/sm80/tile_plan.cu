@@ -46,6 +46,17 @@ __device__ __forceinline__ bool element_kept(const char* p) {
   else return (*reinterpret_cast<const uint16_t*>(p) & 0x7fffu) != 0;
 }
 
+// Elements i = first, first + step, ... < rows * cols of a (rows x cols) tile, one at a time.
+template <int kElemBytes>
+__device__ __forceinline__ void classify_elements(const char* tile, int64_t row_bytes, int rows, int cols, int first,
+                                                  int step, Bits& bits) {
+  for (int i = first; i < rows * cols; i += step) {
+    const bool kept = element_kept<kElemBytes>(tile + (i / cols) * row_bytes + int64_t(i % cols) * kElemBytes);
+    bits.any |= kept;
+    bits.all &= kept;
+  }
+}
+
 // The state of one (rows x cols) mask tile, classified by one warp: 0 empty, 1 partial, 2 full.
 template <int kElemBytes>
 __device__ int tile_state(const char* tile, int64_t row_bytes, int rows, int cols, bool vector_ok, int lane) {
@@ -69,12 +80,7 @@ __device__ int tile_state(const char* tile, int64_t row_bytes, int rows, int col
       if (__any_sync(0xffffffffu, bits.any) && !__all_sync(0xffffffffu, bits.all)) return 1;
     }
   } else {
-    const int n = rows * cols;
-    for (int i = lane; i < n; i += 32) {
-      const bool kept = element_kept<kElemBytes>(tile + (i / cols) * row_bytes + int64_t(i % cols) * kElemBytes);
-      bits.any |= kept;
-      bits.all &= kept;
-    }
+    classify_elements<kElemBytes>(tile, row_bytes, rows, cols, lane, 32, bits);
   }
   const bool any = __any_sync(0xffffffffu, bits.any);
   const bool all = __all_sync(0xffffffffu, bits.all);
@@ -161,11 +167,7 @@ __global__ void __launch_bounds__(kThreads) build_tile_plan_kernel(const ScoreVi
 #pragma unroll
           for (int c = 0; c < kChunks; ++c) classify_chunk<kElemBytes>(__ldg(reinterpret_cast<const uint4*>(tile) + c), bits);
         } else {
-          for (int j = 0; j < cols; ++j) {
-            const bool kept = element_kept<kElemBytes>(tile + int64_t(j) * kElemBytes);
-            bits.any |= kept;
-            bits.all &= kept;
-          }
+          classify_elements<kElemBytes>(tile, row_bytes, 1, cols, 0, 1, bits);
         }
         states[t] = static_cast<uint8_t>(bits.any ? (bits.all ? 2 : 1) : 0);
       }
