@@ -140,7 +140,8 @@ def group_sparse(quick):
     out = []
     B, H, H_kv, L, D, w = 1, 2, 1, 32768, 64, 1024
     q, k, v = leaves(B, L, L, H, H_kv, D)
-    score = torch.randn(B, H_kv, L, device="cuda")
+    # Seeded: the top-w blocks' positions, hence the density under causal, are the same every run.
+    score = torch.randn(B, H_kv, L, device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
     keep = topw_key_blocks(score, w)
     bias = score.to(DT).unsqueeze(2).requires_grad_()
     dens = density(keep, L, L, causal=True)

@@ -142,7 +142,8 @@ def flex_entries(q, k, v, keep, bias, causal):
 def sparse_rows(group, name, B, H, H_kv, L, D, w, form, with_peers=True):
     out = []
     q, k, v = qkv(B, L, L, H, H_kv, D)
-    score = torch.randn(B, H_kv, L, device="cuda")
+    # Seeded: the top-w blocks' positions, hence the density under causal, are the same every run.
+    score = torch.randn(B, H_kv, L, device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
     keep = topw_key_blocks(score, w) if form == "key" else topw_row_blocks(score, w, L, causal=True)
     bias = score.to(DT).unsqueeze(2)  # the per-key score doubles as the bias: (B, H_kv, 1, K)
     dens = density(keep, L, L, causal=True)

@@ -3,6 +3,7 @@
   python benchmarks/profile_attention.py [--D 128] [--L 4096] [--B 2] [--H 16] [--H_kv 16] [--causal]
                                        [--mask per-key|per-query|all-true] [--w KEEP]
                                        [--bias per-key|per-query] [--backward] [--table] [--reps 3]
+                                       [--system ours|sdpa-flash]
 
 --backward adds the backward (the bias, when given, requires grad). --table prints the time of each
 CUDA kernel of the last repetition (torch.profiler), for a first look without Nsight.
@@ -10,6 +11,9 @@ CUDA kernel of the last repetition (torch.profiler), for a first look without Ns
 Under Nsight Compute, for the forward kernel's stall reasons and pipe utilization:
 
   ncu --set full -k regex:fwd_kernel -c 1 -o fwd python benchmarks/profile_attention.py --D 128
+
+--system sdpa-flash runs PyTorch SDPA's flash backend on the same dense problem instead (no mask or
+bias), so a profiler can compare its kernels with ours (ncu -k regex:flash_bwd ...).
 
 Masks keep whole 64-key blocks, --w keys per row (default: one in two; benchmarks/sparse_masks.py), so
 tiles are full or empty.
@@ -42,6 +46,7 @@ def main() -> None:
     ap.add_argument("--backward", action="store_true", help="forward + backward")
     ap.add_argument("--table", action="store_true", help="print per-kernel CUDA times (torch.profiler)")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--system", choices=("ours", "sdpa-flash"), default="ours")
     a = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("profile_attention.py needs a CUDA GPU")
@@ -66,8 +71,21 @@ def main() -> None:
         for t in (q, k, v) + ((bias,) if bias is not None else ()):
             t.requires_grad_()
 
+    if a.system == "sdpa-flash" and (mask is not None or bias is not None):
+        raise SystemExit("--system sdpa-flash runs the dense problem: drop --mask and --bias")
+
+    def attention():
+        if a.system == "ours":
+            return flash_dmattn.flash_dmattn_func(q=q, k=k, v=v, attn_mask=mask, attn_bias=bias, is_causal=a.causal)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            out = torch.nn.functional.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=a.causal, enable_gqa=H_kv != a.H)
+        return out.transpose(1, 2)
+
     def run():
-        out = flash_dmattn.flash_dmattn_func(q=q, k=k, v=v, attn_mask=mask, attn_bias=bias, is_causal=a.causal)
+        out = attention()
         if a.backward:
             out.backward(torch.ones_like(out))
 
@@ -81,7 +99,7 @@ def main() -> None:
                 torch.cuda.synchronize()
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
     what = "forward + backward" if a.backward else "forward"
-    print(f"ran {a.reps} {what} calls: B={a.B} L={a.L} H={a.H} H_kv={H_kv} D={a.D} causal={a.causal} "
+    print(f"ran {a.reps} {what} calls of {a.system}: B={a.B} L={a.L} H={a.H} H_kv={H_kv} D={a.D} causal={a.causal} "
           f"mask={a.mask} w={a.w} bias={a.bias}")
 
 

@@ -104,6 +104,27 @@ def test_every_bias_broadcast_form_gives_dbias_in_its_own_shape():
         run_case(B, Q, K, H, H_kv, D, bias_shape=shape, mask_shape=(B, 1, Q, K), causal=True, name=f"bias {shape}")
 
 
+def test_every_bias_broadcast_form_without_a_mask():
+    """Unmasked calls walk wider key columns on some GPUs (bwd_tile_kv: 128 keys on sm90/sm100), with
+    their own per-key dbias sums and slot sizes: every dbias form again, there."""
+    B, Q, K, H, H_kv, D = 2, 77, 131, 4, 2, 64
+    for shape in broadcast_forms(B, H, H_kv, Q, K):
+        run_case(B, Q, K, H, H_kv, D, bias_shape=shape, causal=True, name=f"unmasked bias {shape}")
+
+
+@pytest.mark.parametrize("D,bias", [(32, True), (72, False), (96, False), (128, False), (128, True)])
+def test_unmasked_head_dims(D, bias):
+    run_case(1, 140, 250, 4, 2, D, bias_shape=(1, 2, 1, 250) if bias else None, causal=True,
+             name=f"unmasked D={D} bias={bias}")
+
+
+def test_unmasked_long_columns_split_over_many_ctas():
+    """Few heads and long columns: the work list cuts each column into segments whose dk, dv (and
+    per-key dbias) are added in fp32 slots."""
+    run_case(1, 1024, 1024, 4, 2, 64, bias_shape=(1, 2, 1, 1024), causal=True, softcap=8.0,
+             name="unmasked split")
+
+
 @pytest.mark.parametrize("mask_dtype", [torch.bool, torch.bfloat16])
 def test_every_mask_broadcast_form_matches_reference(mask_dtype):
     B, Q, K, H, H_kv, D = 2, 77, 131, 4, 2, 64
@@ -215,13 +236,15 @@ def test_few_busy_key_tiles_split_over_many_ctas(per_query_mask, causal):
     assert not dk[:, dropped].any() and not dv[:, dropped].any() and not dbias[..., dropped].any()
 
 
+@pytest.mark.parametrize("masked", [True, False])
 @pytest.mark.parametrize("bias_shape", [(1, 1, 200, 260), (2, 4, 1, 260), (2, 1, 200, 1), (2, 4, 200, 260)])
-def test_deterministic_mode_is_bitwise_reproducible(bias_shape):
+def test_deterministic_mode_is_bitwise_reproducible(bias_shape, masked):
     """deterministic=True: dq (key tiles add in order) and dbias (sums across CTAs in order) come out
     bitwise equal run to run, and still match the reference."""
     B, Q, K, H, H_kv, D = 2, 200, 260, 4, 2, 64
     require_kernels(torch.bfloat16, D, "fwd", "bwd")
-    inp = rand_inputs(B, Q, K, H, H_kv, D, dtype=torch.bfloat16, mask_shape=(B, 1, Q, K), bias_shape=bias_shape)
+    inp = rand_inputs(B, Q, K, H, H_kv, D, dtype=torch.bfloat16, mask_shape=(B, 1, Q, K) if masked else None,
+                      bias_shape=bias_shape)
     first = check_grads(inp, dtype=torch.bfloat16, name=f"deterministic {bias_shape}", causal=True,
                         deterministic=True)
     for _ in range(3):

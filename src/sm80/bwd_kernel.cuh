@@ -1,6 +1,6 @@
 // bwd_kernel.cuh: the SM80-class backward attention kernel (mma.sync m16n8k16, ldmatrix, cp.async).
-// One CTA per (64-key tile, kv head, batch) holds K and V of its tile in shared memory and dK, dV in
-// registers, and walks the query heads of its kv group, and for each the 64-row query steps whose
+// One CTA per (key tile of bwd_tile_kv keys, kv head, batch) holds K and V of its tile in shared
+// memory and dK, dV in registers, and walks the query heads of its kv group, and for each the 64-row query steps whose
 // plan tiles keep something of its keys (fully kept ones with no mask work). Per step, with keys as
 // the M dimension of every product that stays on chip:
 //   S^T = K Q^T, dP^T = V dO^T -> P^T = exp(S^T - lse) (masks, bias, softcap), dS^T = P^T (dP^T - delta)
@@ -34,33 +34,45 @@ namespace dmattn::sm80 {
 
 using namespace cute;
 
-template <typename Element_, int kHeadDim_>
+template <typename Element_, int kHeadDim_, int kTileKV_>
 struct BwdConfig {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kTileQ = kBwdTileQ;
-  static constexpr int kTileKV = kBwdTileKV;
-  // 8 warps: 4 along M x 2 along N for every product. dK and dV (64 x D each) then take D / 4 floats
-  // per thread apiece, S^T and dP^T 16 each, dQ D / 4: about 128 accumulator floats at D = 128 (4
-  // warps would double that and spill). Because the warps split N, a warp's P^T rows do not hold all
-  // the queries dV's product sums over, so P^T and dS^T go through shared memory.
+  static constexpr int kTileKV = kTileKV_;
+  // 8 warps: 4 along M x 2 along N for every product. With 64-key tiles dK and dV (64 x D each) take
+  // D / 4 floats per thread apiece and S^T, dP^T 16 each: about 96 accumulator floats at D = 128
+  // (4 warps would double that and spill); 128-key tiles double all four (192 at D = 128) for
+  // warp tiles twice as tall. Because the warps split N, a warp's P^T rows do not hold all the
+  // queries dV's product sums over, so P^T and dS^T go through shared memory.
   static constexpr int kWarps = 8;
   static constexpr int kThreads = kWarps * 32;
-  static_assert(kHeadDim % 32 == 0 && kHeadDim <= 128, "the 64-key tile config serves D <= 128");
+  static_assert(kHeadDim % 32 == 0 && kHeadDim <= 128, "the config serves D <= 128");
+  static_assert(kTileKV == 64 || kTileKV == 128, "whole 64-row warp-layout repeats");
 
   using Traits = RowTileTraits<Element, kHeadDim, kThreads>;
   using MmaOp = typename Traits::MmaOp;
   using TiledMma = TiledMMA<MMA_Atom<MmaOp>, Layout<Shape<_4, _2, _1>>, Tile<_64, _32, _16>>;
 
-  // (64, D) tiles: K, V, Q, dO; read transposed as (D, 64) for the products that sum over their rows.
+  // (rows, D) tiles: Q and dO (kTileQ rows), K and V (kTileKV rows); read transposed as (D, rows)
+  // for the products that sum over their rows.
   using SmemAtom = typename Traits::SmemAtom;
-  using SmemLayoutRows = decltype(tile_to_shape(SmemAtom{}, Shape<_64, Int<kHeadDim>>{}));
-  using SmemLayoutRowsT = decltype(composition(SmemLayoutRows{}, make_layout(Shape<Int<kHeadDim>, _64>{}, GenRowMajor{})));
+  template <int kRowsN>
+  using RowsLayout = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kRowsN>, Int<kHeadDim>>{}));
+  template <int kRowsN>
+  using RowsLayoutT =
+      decltype(composition(RowsLayout<kRowsN>{}, make_layout(Shape<Int<kHeadDim>, Int<kRowsN>>{}, GenRowMajor{})));
+  using SmemLayoutRows = RowsLayout<kTileQ>;
+  using SmemLayoutRowsT = RowsLayoutT<kTileQ>;
   using SmemLayoutRowsTPlain = decltype(get_nonswizzle_portion(SmemLayoutRowsT{}));
+  using SmemLayoutKV = RowsLayout<kTileKV>;
+  using SmemLayoutKVT = RowsLayoutT<kTileKV>;
+  using SmemLayoutKVTPlain = decltype(get_nonswizzle_portion(SmemLayoutKVT{}));
   // (keys, queries) tiles: P^T and dS^T; dS^T read transposed as (queries, keys) for dQ.
-  using SmemAtomPdS = decltype(composition(Swizzle<3, 3, 3>{}, Layout<Shape<_8, _64>, Stride<_64, _1>>{}));
-  using SmemLayoutPdS = decltype(tile_to_shape(SmemAtomPdS{}, Shape<_64, _64>{}));
-  using SmemLayoutPdST = decltype(composition(SmemLayoutPdS{}, make_layout(Shape<_64, _64>{}, GenRowMajor{})));
+  using SmemAtomPdS = decltype(composition(Swizzle<3, 3, 3>{}, Layout<Shape<_8, Int<kTileQ>>, Stride<Int<kTileQ>, _1>>{}));
+  using SmemLayoutPdS = decltype(tile_to_shape(SmemAtomPdS{}, Shape<Int<kTileKV>, Int<kTileQ>>{}));
+  using SmemLayoutPdST =
+      decltype(composition(SmemLayoutPdS{}, make_layout(Shape<Int<kTileQ>, Int<kTileKV>>{}, GenRowMajor{})));
   using SmemLayoutPdSTPlain = decltype(get_nonswizzle_portion(SmemLayoutPdST{}));
 
   using SmemCopyN = typename Traits::SmemCopyN;
@@ -74,6 +86,7 @@ struct BwdConfig {
   using MaskTileElem = ScoreTile<Element, kTileQ, kTileKV, kThreads>;
 
   static constexpr int kSmemRows = int(sizeof(Element)) * int(cosize(SmemLayoutRows{}));
+  static constexpr int kSmemKV = int(sizeof(Element)) * int(cosize(SmemLayoutKV{}));
   static constexpr int kSmemPdS = int(sizeof(Element)) * int(cosize(SmemLayoutPdS{}));
   static constexpr int kSmemStats = 3 * kTileQ * 4;          // lse, delta, row fix of one step
   static constexpr int kSmemReduce = 2 * kTileKV * 4;        // per-key dbias sums across warps
@@ -82,7 +95,7 @@ struct BwdConfig {
                                                                                        : MaskTileBool::kSmemBytes;
   static constexpr int smem_bytes(bool has_mask, bool has_bias) {
     // K, V; Q, dO and the row statistics twice (the next step's land during this one).
-    return 6 * kSmemRows + 2 * kSmemPdS + 2 * kSmemStats + kSmemReduce + kSmemList +
+    return 2 * kSmemKV + 4 * kSmemRows + 2 * kSmemPdS + 2 * kSmemStats + kSmemReduce + kSmemList +
            (has_bias ? BiasTile::kSmemBytes : 0) + (has_mask ? kSmemMask : 0);
   }
 };
@@ -140,9 +153,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
   int kt = 0, b = 0, h_kv = 0, k0 = 0, first_step = 0, n_steps = 0;
 
   Element* smem_k = reinterpret_cast<Element*>(smem);
-  Element* smem_v = smem_k + cosize(typename Cfg::SmemLayoutRows{});
+  Element* smem_v = smem_k + cosize(typename Cfg::SmemLayoutKV{});
   constexpr int kRowsElems = cosize(typename Cfg::SmemLayoutRows{});
-  Element* smem_q = smem_v + kRowsElems;     // two buffers
+  Element* smem_q = smem_v + cosize(typename Cfg::SmemLayoutKV{});  // two buffers
   Element* smem_do = smem_q + 2 * kRowsElems;  // two buffers
   Element* smem_p = smem_do + 2 * kRowsElems;
   Element* smem_ds = smem_p + cosize(typename Cfg::SmemLayoutPdS{});
@@ -154,10 +167,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
   Element* smem_bias = reinterpret_cast<Element*>(smem_scores);
   char* smem_mask = smem_scores + (kHasBias ? Cfg::BiasTile::kSmemBytes : 0);
 
-  Tensor sK = make_tensor(make_smem_ptr(smem_k), typename Cfg::SmemLayoutRows{});
-  Tensor sV = make_tensor(make_smem_ptr(smem_v), typename Cfg::SmemLayoutRows{});
-  Tensor sKt = make_tensor(make_smem_ptr(smem_k), typename Cfg::SmemLayoutRowsT{});
+  Tensor sK = make_tensor(make_smem_ptr(smem_k), typename Cfg::SmemLayoutKV{});
+  Tensor sV = make_tensor(make_smem_ptr(smem_v), typename Cfg::SmemLayoutKV{});
+  Tensor sKt = make_tensor(make_smem_ptr(smem_k), typename Cfg::SmemLayoutKVT{});
   Tensor sRowsTPlain = make_tensor(make_smem_ptr(smem_q), typename Cfg::SmemLayoutRowsTPlain{});
+  Tensor sKVTPlain = make_tensor(make_smem_ptr(smem_k), typename Cfg::SmemLayoutKVTPlain{});
   Tensor sP = make_tensor(make_smem_ptr(smem_p), typename Cfg::SmemLayoutPdS{});
   Tensor sdS = make_tensor(make_smem_ptr(smem_ds), typename Cfg::SmemLayoutPdS{});
   Tensor sdST = make_tensor(make_smem_ptr(smem_ds), typename Cfg::SmemLayoutPdST{});
@@ -170,11 +184,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
   auto copy_a_t = make_tiled_copy_A(typename Cfg::SmemCopyT{}, mma);
   auto copy_b_t = make_tiled_copy_B(typename Cfg::SmemCopyT{}, mma);
 
-  Tensor acc_dk = partition_fragment_C(mma, Shape<_64, Int<kHeadDim>>{});
-  Tensor acc_dv = partition_fragment_C(mma, Shape<_64, Int<kHeadDim>>{});
+  using KVShape = Shape<Int<kTileKV>, Int<kHeadDim>>;
+  using RowsShape = Shape<Int<kTileQ>, Int<kHeadDim>>;
+  using ScoreShape = Shape<Int<kTileKV>, Int<kTileQ>>;  // (keys, queries)
+  Tensor acc_dk = partition_fragment_C(mma, KVShape{});
+  Tensor acc_dv = partition_fragment_C(mma, KVShape{});
 
   // (key, query) of every S^T value this thread holds, in tile coordinates.
-  Tensor coord_s_acc = thr_mma.partition_C(make_identity_tensor(Shape<_64, _64>{}));
+  Tensor coord_s_acc = thr_mma.partition_C(make_identity_tensor(ScoreShape{}));
   Tensor coord_s = make_tensor(coord_s_acc.data(), rows_cols(coord_s_acc.layout()));
   constexpr int kRows = size<0>(decltype(coord_s.layout()){});
   constexpr int kCols = size<1>(decltype(coord_s.layout()){});
@@ -183,16 +200,19 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
 
   typename Cfg::GmemCopy gmem_copy;
   auto gmem_thr = gmem_copy.get_thread_slice(tid);
-  Tensor cRows = gmem_thr.partition_S(make_identity_tensor(Shape<_64, Int<kHeadDim>>{}));
   auto row_tensor = [&](const RowView& v, int head, int rows) {
     Element* base = static_cast<Element*>(v.data) + b * v.batch_stride + head * v.head_stride;
     return make_tensor(make_gmem_ptr(base), make_shape(rows, Int<kHeadDim>{}), make_stride(v.row_stride, _1{}));
   };
-  // Rows [tile * 64, +64) of (b, head) of a (rows, D) operand into a shared-memory tile (cp.async).
+  // Rows [tile * n, +n) of (b, head) of a (rows, D) operand into an (n, D) shared-memory tile
+  // (cp.async); n is the tile's: kTileQ for Q and dO, kTileKV for K and V.
   auto load_rows = [&](const RowView& v, int head, int rows, int tile, auto& smem_tile) {
-    Tensor g = local_tile(row_tensor(v, head, rows), Shape<_64, Int<kHeadDim>>{}, make_coord(tile, 0));
+    using TileShape = Shape<Int<size<0>(decltype(smem_tile.layout()){})>, Int<kHeadDim>>;
+    constexpr int kN = size<0>(TileShape{});
+    Tensor g = local_tile(row_tensor(v, head, rows), TileShape{}, make_coord(tile, 0));
     Tensor t = gmem_thr.partition_D(smem_tile);
-    load_tile(gmem_copy, gmem_thr.partition_S(g), t, cRows, rows - tile * 64, head_dim);
+    load_tile(gmem_copy, gmem_thr.partition_S(g), t, gmem_thr.partition_S(make_identity_tensor(TileShape{})),
+              rows - tile * kN, head_dim);
   };
   auto load_kv = [&]() {
     load_rows(p.k, h_kv, s.seqlen_k, kt, sK);
@@ -258,6 +278,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
     if constexpr (!kHasMask) {
       return kt;
     } else {
+      static_assert(kTileKV == kPlanTileKV, "masked columns are plan tiles");
       const TilePlan& plan = params.plan;
       const int32_t* row = plan.row(sc.mask, b, h, step * kTileQ / kPlanTileQ);
       const int32_t* full = row + 2;
@@ -304,8 +325,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
     // The next step's rows stream into the other buffer, last read by the previous step.
     if (next_entry >= 0) load_step_rows(h, next_entry, buf ^ 1);
 
-    Tensor acc_s = partition_fragment_C(mma, Shape<_64, _64>{});  // S^T (keys, queries)
-    Tensor acc_dp = partition_fragment_C(mma, Shape<_64, _64>{});  // dP^T
+    Tensor acc_s = partition_fragment_C(mma, ScoreShape{});   // S^T (keys, queries)
+    Tensor acc_dp = partition_fragment_C(mma, ScoreShape{});  // dP^T
     clear(acc_s);
     clear(acc_dp);
     gemm_tiles(mma, acc_s, sK, sQ, sK, sQ, copy_a_n, copy_b_n);
@@ -388,15 +409,15 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
     __syncthreads();  // every warp is done with Q, dO and the stage: the next step may load
     if (next_entry >= 0) load_step_tiles(h, next_entry);
 
-    Tensor acc_dq = partition_fragment_C(mma, Shape<_64, Int<kHeadDim>>{});  // (queries, D)
+    Tensor acc_dq = partition_fragment_C(mma, RowsShape{});  // (queries, D)
     clear(acc_dq);
-    gemm_tiles(mma, acc_dq, sdST, sKt, sdSTPlain, sRowsTPlain, copy_a_t, copy_b_t);  // dQ = dS K
+    gemm_tiles(mma, acc_dq, sdST, sKt, sdSTPlain, sKVTPlain, copy_a_t, copy_b_t);  // dQ = dS K
     int32_t* dq_turn = nullptr;
     if (params.dq_turn != nullptr) {
       dq_turn = params.dq_turn + (int64_t(b) * s.heads + h) * q_steps_pad + step;
       wait_turn(dq_turn, dq_rank(h, step));
     }
-    Tensor coord_dq_acc = thr_mma.partition_C(make_identity_tensor(Shape<_64, Int<kHeadDim>>{}));
+    Tensor coord_dq_acc = thr_mma.partition_C(make_identity_tensor(RowsShape{}));
     float* dq_rows = params.dq_accum + ((int64_t(b) * s.heads + h) * params.q_pad + q0) * params.dq_stride;
     // Accumulator values come in pairs of adjacent columns.
     CUTE_UNROLL
@@ -429,8 +450,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
       if constexpr (kHasMask) {
         if (!mask_per_query) load_mask(h, 0);
       }
-      const uint8_t* column = nullptr;
-      if constexpr (kHasMask) column = bwd_class_column(params, b, h, kt);
+      const uint8_t* map = nullptr;
+      if constexpr (kHasMask) map = bwd_class_map(params, b, h);
       bool ran = false;
       for (int chunk0 = first_step; chunk0 < n_steps && seen < hi; chunk0 += Cfg::kThreads) {
         // This chunk's steps that keep something, compacted in order (without a mask: all of them).
@@ -440,7 +461,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
           int entry = -1;
           if (step < n_steps) {
             const int qt = params.plan.q_tiles == 1 ? 0 : step * kTileQ / kPlanTileQ;
-            const int cls = column[int64_t(qt) * params.plan.k_tiles];
+            const int cls = bwd_tile_class(params, map, qt, kt);
             if (cls != 0) entry = step * 2 + (cls == 2);
           }
           const unsigned ballot = __ballot_sync(0xffffffff, entry >= 0);
@@ -489,9 +510,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
 
   typename Cfg::GmemStore gmem_store;
   auto store_thr = gmem_store.get_thread_slice(tid);
-  Tensor cOut = store_thr.partition_D(make_identity_tensor(Shape<_64, Int<kHeadDim>>{}));
+  Tensor cOut = store_thr.partition_D(make_identity_tensor(KVShape{}));
   auto store_rows = [&](const RowView& view, auto const& src) {
-    Tensor g = local_tile(row_tensor(view, h_kv, s.seqlen_k), Shape<_64, Int<kHeadDim>>{}, make_coord(kt, 0));
+    Tensor g = local_tile(row_tensor(view, h_kv, s.seqlen_k), KVShape{}, make_coord(kt, 0));
     Tensor tS = store_thr.partition_S(src);
     Tensor tG = store_thr.partition_D(g);
     Tensor tR = make_tensor<Element>(shape(tG));
@@ -511,7 +532,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
     CUTE_UNROLL
     for (int i = 0; i < size(acc_dk); ++i) acc_dk(i) *= sc.scale;
     if (slot >= 0) {
-      Tensor coord_kv = thr_mma.partition_C(make_identity_tensor(Shape<_64, Int<kHeadDim>>{}));
+      Tensor coord_kv = thr_mma.partition_C(make_identity_tensor(KVShape{}));
       float* dk_sum = bwd_slot_sums(params, slot);
       float* dv_sum = dk_sum + kTileKV * params.dq_stride;
       CUTE_UNROLL
@@ -555,7 +576,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_cons
 
 template <typename Element, int kHeadDim, bool kHasMask, bool kHasBias>
 dmattn_status launch_bwd_variant(const BwdParams& params, char* msg, size_t msg_len) {
-  using Cfg = BwdConfig<Element, kHeadDim>;
+  using Cfg = BwdConfig<Element, kHeadDim, bwd_tile_kv(kHeadDim, kHasMask, kHasBias)>;
   const BwdProblem& p = params.p;
   const bool general = bwd_general_scores(p.scoring.softcap);
   auto kernel = general ? bwd_kernel<Cfg, kHasMask, kHasBias, true> : bwd_kernel<Cfg, kHasMask, kHasBias, false>;
@@ -569,6 +590,11 @@ dmattn_status launch_bwd_variant(const BwdParams& params, char* msg, size_t msg_
              "allows a block (%s); not implemented for this GPU yet",
              kHeadDim, kHasMask ? ", mask" : "", kHasBias ? ", bias" : "", smem, cudaGetErrorString(err));
     return DMATTN_STATUS_NOT_IMPLEMENTED;
+  }
+  if (params.tile_kv != Cfg::kTileKV) {  // the support kernels and this kernel must cut columns alike
+    snprintf(msg, msg_len, "internal error: backward columns of %d keys prepared, the kernel takes %d", params.tile_kv,
+             Cfg::kTileKV);
+    return DMATTN_STATUS_INTERNAL_ERROR;
   }
   if (params.columns == 0) return DMATTN_STATUS_SUCCESS;  // no keys: dq (and dbias) come out 0
   int per_sm = 0;

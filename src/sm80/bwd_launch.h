@@ -27,8 +27,29 @@
 
 namespace dmattn::sm80 {
 
-constexpr int kBwdTileQ = 64;   // query rows per step of the main loop (half a plan tile)
-constexpr int kBwdTileKV = 64;  // keys per CTA: one plan tile
+constexpr int kBwdTileQ = 64;  // query rows per step of the main loop (half a plan tile)
+// Keys per column (the CTA's key tile). 128 halves the loads of Q and dO, the dQ additions and the
+// shared-memory reads per product of a 64-key tile (its warp tiles are twice as tall; on an H100
+// the dense backward ran 1.4-1.5x faster), but:
+//   - it holds 128 x D of dK and dV in registers: ptxas (sm_90a) spills 4 bytes at D = 64 and
+//     132 at D = 128, which still pays, but 224 at D = 128 with a bias, which ate the whole gain;
+//   - with a mask, a column of two plan tiles is walked where either is kept, so a sparse mask of
+//     scattered 64-key blocks would cost up to twice its work: masked calls keep one plan tile;
+//   - it takes up to ~180 KB of shared memory (D = 128), more than sm80 (163 KB on A100, 99 KB on
+//     sm86/89) or sm120 (99 KB) GPUs allow a block.
+// So families whose GPUs allow a block 227 KB (sm90, sm100) take it without a mask, for D <= 64, and
+// for D = 128 without a bias; the rest keep one plan tile. The family library is compiled with its
+// DMATTN_FAMILY_SM.
+constexpr int bwd_tile_kv(int head_dim_bucket, bool has_mask, bool has_bias) {
+#if defined(DMATTN_FAMILY_SM) && (DMATTN_FAMILY_SM == 90 || DMATTN_FAMILY_SM == 100)
+  return !has_mask && (head_dim_bucket <= 64 || (head_dim_bucket <= 128 && !has_bias)) ? 128 : kPlanTileKV;
+#else
+  (void)head_dim_bucket;
+  (void)has_mask;
+  (void)has_bias;
+  return kPlanTileKV;
+#endif
+}
 
 // A column is (key tile, batch, kv head), numbered key tile major: under causal the longest columns
 // (first key tiles) come first in the list. A column's work is its query steps (64 rows of one
@@ -83,13 +104,14 @@ struct BwdParams {
   int32_t* dq_turn = nullptr;
   int32_t* dbias_turn = nullptr;
   // The work list: items in column order, its header, per column the kept steps and the slot
-  // (-1: none), and the slots' fp32 sums (slot, {dK scaled, dV}, 64 keys, head-dim bucket).
+  // (-1: none), and the slots' fp32 sums (slot, {dK scaled, dV}, tile_kv keys, head-dim bucket).
   const BwdItem* items = nullptr;
   BwdSchedule* schedule = nullptr;
   int32_t* column_steps = nullptr;
   int32_t* column_slot = nullptr;
   float* dkv_accum = nullptr;
   int32_t columns = 0;
+  int32_t tile_kv = 0;  // keys per column: bwd_tile_kv(head-dim bucket, mask, bias)
   int32_t max_items = 0;
   int32_t max_slots = 0;
   int32_t sm_count = 0;
@@ -104,10 +126,10 @@ __host__ __device__ inline BwdColumn bwd_column(const Extents& s, int column) {
   return {column / per_tile, column % per_tile / s.heads_kv, column % s.heads_kv};
 }
 
-// A split column's fp32 sums in its slot: dK (scaled) at [0], dV at [kBwdTileKV * dq_stride], each
-// (64 keys, head-dim bucket).
+// A split column's fp32 sums in its slot: dK (scaled) at [0], dV at [tile_kv * dq_stride], each
+// (tile_kv keys, head-dim bucket).
 __host__ __device__ inline float* bwd_slot_sums(const BwdParams& params, int slot) {
-  return params.dkv_accum + int64_t(slot) * 2 * kBwdTileKV * params.dq_stride;
+  return params.dkv_accum + int64_t(slot) * 2 * params.tile_kv * params.dq_stride;
 }
 
 // The query steps of one key tile starting at key k0: steps [first, count) under causal, where no
@@ -126,13 +148,18 @@ __host__ __device__ inline BwdStepRange bwd_step_range(const Extents& s, bool ca
   return {first, count};
 }
 
-// The plan's class bytes for (b, query head h) down key tile kt's column (stride k_tiles per plan
-// query tile).
-__host__ __device__ inline const uint8_t* bwd_class_column(const BwdParams& params, int b, int h, int kt) {
+// The plan's class map of (b, query head h): one byte per plan tile, (q_tiles, k_tiles) row major.
+__host__ __device__ inline const uint8_t* bwd_class_map(const BwdParams& params, int b, int h) {
   const TilePlan& plan = params.plan;
   const int mb = plan.batches == 1 ? 0 : b;
   const int mh = plan.heads == 1 ? 0 : h / params.p.scoring.mask.head_group;
-  return params.tile_class + (int64_t(mb) * plan.heads + mh) * plan.q_tiles * plan.k_tiles + kt;
+  return params.tile_class + (int64_t(mb) * plan.heads + mh) * plan.q_tiles * plan.k_tiles;
+}
+
+// The class of column kt for plan query tile qt: 0 nothing kept, 1 partly, 2 fully. Masked calls
+// cut columns as the plan cuts key tiles (bwd_tile_kv).
+__host__ __device__ inline int bwd_tile_class(const BwdParams& params, const uint8_t* map, int qt, int kt) {
+  return map[int64_t(qt) * params.plan.k_tiles + kt];
 }
 
 // Kept steps of (b, h) in key tile kt's column: all of its step range without a mask or with a mask
@@ -141,12 +168,12 @@ __host__ __device__ inline int bwd_head_steps(const BwdParams& params, int b, in
                                               bool has_mask) {
   if (r.first >= r.count) return 0;
   if (!has_mask) return r.count - r.first;
-  const uint8_t* column = bwd_class_column(params, b, h, kt);
-  if (params.plan.q_tiles == 1) return column[0] != 0 ? r.count - r.first : 0;
+  const uint8_t* map = bwd_class_map(params, b, h);
+  if (params.plan.q_tiles == 1) return bwd_tile_class(params, map, 0, kt) != 0 ? r.count - r.first : 0;
   int kept = 0;
   constexpr int kStepsPerTile = kPlanTileQ / kBwdTileQ;
   for (int qt = r.first / kStepsPerTile; qt * kStepsPerTile < r.count; ++qt) {
-    if (column[int64_t(qt) * params.plan.k_tiles] == 0) continue;
+    if (bwd_tile_class(params, map, qt, kt) == 0) continue;
     const int lo = qt * kStepsPerTile > r.first ? qt * kStepsPerTile : r.first;
     const int hi = (qt + 1) * kStepsPerTile < r.count ? (qt + 1) * kStepsPerTile : r.count;
     kept += hi - lo;

@@ -185,7 +185,7 @@ __global__ void count_column_steps_kernel(const BwdParams params) {
   if (col >= params.columns) return;
   const Extents& s = params.p.shape;
   const BwdColumn c = bwd_column(s, col);
-  const BwdStepRange range = bwd_step_range(s, params.p.scoring.causal, c.kt * kBwdTileKV);
+  const BwdStepRange range = bwd_step_range(s, params.p.scoring.causal, c.kt * params.tile_kv);
   const bool has_mask = params.tile_class != nullptr;
   const int group = s.heads / s.heads_kv;
   int kept = 0;
@@ -257,7 +257,7 @@ __global__ void __launch_bounds__(kScheduleThreads) schedule_kernel(const BwdPar
 // One block per slot in use: its dK, dV sums start at 0.
 __global__ void clear_slots_kernel(const BwdParams params) {
   if (int(blockIdx.x) >= params.schedule->slots) return;
-  const int n = 2 * kBwdTileKV * params.dq_stride;
+  const int n = 2 * params.tile_kv * params.dq_stride;
   float* slot = bwd_slot_sums(params, blockIdx.x);
   for (int i = threadIdx.x; i < n; i += blockDim.x) slot[i] = 0.f;
 }
@@ -274,10 +274,10 @@ __global__ void finish_columns_kernel(const BwdParams params) {
   const BwdColumn c = bwd_column(s, col);
   const int stride = params.dq_stride;
   const float* dk_sum = slot >= 0 ? bwd_slot_sums(params, slot) : nullptr;
-  const float* dv_sum = dk_sum ? dk_sum + kBwdTileKV * stride : nullptr;
+  const float* dv_sum = dk_sum ? dk_sum + params.tile_kv * stride : nullptr;
   const int per_row = s.head_dim / 8;
-  for (int i = threadIdx.x; i < kBwdTileKV * per_row; i += blockDim.x) {
-    const int r = i / per_row, d = i % per_row * 8, key = c.kt * kBwdTileKV + r;
+  for (int i = threadIdx.x; i < params.tile_kv * per_row; i += blockDim.x) {
+    const int r = i / per_row, d = i % per_row * 8, key = c.kt * params.tile_kv + r;
     if (key >= s.seqlen_k) break;
     float k8[8] = {}, v8[8] = {};
     if (dk_sum != nullptr) {
@@ -336,7 +336,8 @@ BwdWorkspace bwd_workspace(const BwdProblem& p, int bucket) {
   const Extents& s = p.shape;
   const size_t q_pad = size_t(s.seqlen_q + kBwdTileQ - 1) / kBwdTileQ * kBwdTileQ;
   const size_t bh = size_t(s.batch) * s.heads;
-  const size_t k_tiles = size_t(s.seqlen_k + kBwdTileKV - 1) / kBwdTileKV;
+  const size_t tile_kv = bwd_tile_kv(bucket, p.scoring.mask_kind != MaskKind::kNone, p.scoring.has_bias);
+  const size_t k_tiles = (size_t(s.seqlen_k) + tile_kv - 1) / tile_kv;
   if (p.scoring.mask_kind != MaskKind::kNone && s.seqlen_q > 0) {
     const FwdProblem f = bwd_as_fwd(p);
     const TilePlan t = plan_extents(f);
@@ -367,7 +368,7 @@ BwdWorkspace bwd_workspace(const BwdProblem& p, int bucket) {
   w.schedule = align256(sizeof(BwdSchedule));
   w.columns = align256(size_t(w.n_columns) * sizeof(int32_t));
   w.items = align256(size_t(w.max_items) * sizeof(BwdItem));
-  w.dkv = align256(size_t(w.max_slots) * 2 * kBwdTileKV * bucket * sizeof(float));
+  w.dkv = align256(size_t(w.max_slots) * 2 * tile_kv * bucket * sizeof(float));
   return w;
 }
 
@@ -415,6 +416,7 @@ dmattn_status bwd_prepare(const BwdProblem& p, int bucket, BwdParams& params, ch
   };
   params.p = p;
   params.q_pad = (s.seqlen_q + kBwdTileQ - 1) / kBwdTileQ * kBwdTileQ;
+  params.tile_kv = bwd_tile_kv(bucket, p.scoring.mask_kind != MaskKind::kNone, p.scoring.has_bias);
   dmattn_status st = DMATTN_STATUS_SUCCESS;
   // Without queries nothing is walked: no plan (the kernel only writes zero dK and dV).
   if (p.scoring.mask_kind != MaskKind::kNone && s.seqlen_q > 0) {
