@@ -180,8 +180,7 @@ def check_case(backend: str, case: Case, dtype: torch.dtype, device: str, what: 
     rows = []
     if not grad:
         rows.append(dict(base, **errors(got[0], want[0], naive[0], "out", dtype)))
-        # lse in float32 whatever the inputs: the naive float32 lse sets its scale.
-        rows.append(dict(base, **errors(got[1], want[1], naive_lse32(case, inp, device), "lse", torch.float32)))
+        rows.append(dict(base, **lse_errors(got[1], want[1])))
     else:
         for g, w, n, name in zip(got[2], want[2], naive[2], ("dq", "dk", "dv", "dbias")):
             if w is not None:
@@ -189,11 +188,26 @@ def check_case(backend: str, case: Case, dtype: torch.dtype, device: str, what: 
     return rows
 
 
-def naive_lse32(case: Case, inp, device: str):
-    q, k, v, bias = (to(t, device) for t in (inp.q, inp.k, inp.v, inp.bias))
-    _, lse = naive_attention(q, k, v, to(inp.mask, device), bias, scale=case.D ** -0.5, causal=case.causal,
-                             softcap=case.softcap, dtype=torch.float32)
-    return lse
+# The lse is float32 whatever the inputs, and only ever shifts exp(s - lse): the test suite's bound
+# (tests/test_forward_cuda.py), |lse - oracle| <= 2e-3 (1 + |oracle|), is far below what bf16/fp16
+# scores resolve. The kernels' approximate exp2/tanh (softcap) put it at ~1e-5 on an H100, so the
+# float32 rule for out would be the wrong yardstick.
+LSE_RTOL = LSE_ATOL = 2e-3
+
+
+def lse_errors(actual, oracle) -> dict:
+    a, o = actual.detach().double().cpu(), oracle.detach().double().cpu()
+    row = {"output": "lse", "naive_max_abs": float("nan")}
+    same_inf = torch.equal(torch.isneginf(a), torch.isneginf(o)) and not torch.isnan(a).any()
+    finite = torch.isfinite(o)
+    diff = (a - o)[finite].abs()
+    row.update(max_abs=diff.max().item() if diff.numel() else 0.0, mean_abs=diff.mean().item() if diff.numel() else 0.0,
+               rel=(diff.norm() / o[finite].norm()).item() if diff.numel() else 0.0)
+    within = bool((diff <= LSE_ATOL + LSE_RTOL * o[finite].abs()).all())
+    row["ok"] = same_inf and within
+    row["why"] = "" if row["ok"] else ("-inf rows or NaN differ" if not same_inf else
+                                       f"max err {row['max_abs']:.3e} over {LSE_ATOL} + {LSE_RTOL} |lse|")
+    return row
 
 
 def fmt(x) -> str:
