@@ -246,7 +246,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 def run(what: str, args) -> int:
     """Runs the case matrix for `what` ("forward" or "backward"), prints it; returns the exit status."""
     backends = [b for b in backends_for(args.device, args.backends)
-                if args.device == "cuda" or b == "reference"]  # on CPU only the reference computes gradients
+                if args.device == "cuda" or b == "reference"]  # cuda takes GPU tensors; flex has no CPU backward
     jobs = [(b, c, dt) for b in backends for c in cases(args.quick) for dt in dtypes_for(args.device, args.dtypes)]
     bar = ProgressBar(len(jobs), stream=sys.stderr)
     rows: list[dict] = []

@@ -1,8 +1,8 @@
 // bwd_kernel.cuh: the SM80-class backward attention kernel (mma.sync m16n8k16, ldmatrix, cp.async).
 // One CTA per (key tile of bwd_tile_kv keys, kv head, batch) holds K and V of its tile in shared
-// memory and dK, dV in registers, and walks the query heads of its kv group, and for each the 64-row query steps whose
-// plan tiles keep something of its keys (fully kept ones with no mask work). Per step, with keys as
-// the M dimension of every product that stays on chip:
+// memory and dK, dV in registers, and walks the query heads of its kv group, and for each the
+// 64-row query steps whose plan tiles keep something of its keys (fully kept ones with no mask
+// work). Per step, with keys as the M dimension of every product that stays on chip:
 //   S^T = K Q^T, dP^T = V dO^T -> P^T = exp(S^T - lse) (masks, bias, softcap), dS^T = P^T (dP^T - delta)
 //   -> P^T, dS^T staged in shared memory -> dV += P^T dO, dK += dS^T Q -> dQ_step = dS K, added to an
 //   fp32 accumulator (in key-tile order per query step when deterministic).

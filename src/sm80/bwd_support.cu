@@ -317,6 +317,7 @@ struct BwdWorkspace {
   size_t plan = 0, class_map = 0, rows = 0, dq = 0, dbias = 0, dq_turn = 0, dbias_turn = 0;
   size_t schedule = 0, columns = 0, items = 0, dkv = 0;
   int32_t n_columns = 0, max_items = 0, max_slots = 0, sm_count = 0;
+  int32_t tile_kv = 0;  // keys per column (bwd_tile_kv): the one place it is chosen for a call
   size_t total() const {
     return plan + class_map + 3 * rows + dq + dbias + dq_turn + dbias_turn + schedule + 2 * columns + items + dkv;
   }
@@ -336,7 +337,8 @@ BwdWorkspace bwd_workspace(const BwdProblem& p, int bucket) {
   const Extents& s = p.shape;
   const size_t q_pad = size_t(s.seqlen_q + kBwdTileQ - 1) / kBwdTileQ * kBwdTileQ;
   const size_t bh = size_t(s.batch) * s.heads;
-  const size_t tile_kv = bwd_tile_kv(bucket, p.scoring.mask_kind != MaskKind::kNone, p.scoring.has_bias);
+  w.tile_kv = bwd_tile_kv(bucket, p.scoring.mask_kind != MaskKind::kNone, p.scoring.has_bias);
+  const size_t tile_kv = size_t(w.tile_kv);
   const size_t k_tiles = (size_t(s.seqlen_k) + tile_kv - 1) / tile_kv;
   if (p.scoring.mask_kind != MaskKind::kNone && s.seqlen_q > 0) {
     const FwdProblem f = bwd_as_fwd(p);
@@ -416,7 +418,7 @@ dmattn_status bwd_prepare(const BwdProblem& p, int bucket, BwdParams& params, ch
   };
   params.p = p;
   params.q_pad = (s.seqlen_q + kBwdTileQ - 1) / kBwdTileQ * kBwdTileQ;
-  params.tile_kv = bwd_tile_kv(bucket, p.scoring.mask_kind != MaskKind::kNone, p.scoring.has_bias);
+  params.tile_kv = w.tile_kv;
   dmattn_status st = DMATTN_STATUS_SUCCESS;
   // Without queries nothing is walked: no plan (the kernel only writes zero dK and dV).
   if (p.scoring.mask_kind != MaskKind::kNone && s.seqlen_q > 0) {
