@@ -15,8 +15,8 @@
 #               AB_KERNELS_<NAME> overrides it
 #   AB_TESTS    pytest arguments run against every variant (default: tests/test_forward_cuda.py -q -x);
 #               "skip" runs none
-#   AB_GROUPS   bench_forward.py groups (default dense,bias)
-#   AB_SIZES    quick (default: bench_forward.py --quick) or full
+#   AB_GROUPS   forward_performance.py groups (default dense,bias)
+#   AB_SIZES    quick (default: forward_performance.py --quick) or full
 #   AB_PROFILE  a variant name: Nsight Compute on its forward kernel (benchmarks/profile_attention.py), once
 #               per ';'-separated argument set in AB_PROFILE_ARGS (default "--D 128")
 # Results (logs, one table per variant) go to ${OUT:-./gpu-ab}.
@@ -79,8 +79,8 @@ for name in "${names[@]}"; do
       -p no:cacheprovider 2>&1 | tail -15 | tee "$RESULTS/$name.tests.txt")
   fi
   quick=$([ "${AB_SIZES:-quick}" = quick ] && echo --quick)
-  step "$name: bench_forward $quick --only ${AB_GROUPS:-dense,bias}"
-  PYTHONPATH=$SCRATCH/$name/site $PY benchmarks/bench_forward.py $quick --only "${AB_GROUPS:-dense,bias}" \
+  step "$name: forward_performance $quick --only ${AB_GROUPS:-dense,bias}"
+  PYTHONPATH=$SCRATCH/$name/site $PY benchmarks/forward_performance.py $quick --only "${AB_GROUPS:-dense,bias}" \
     --out "$SCRATCH/$name.bench" > "$RESULTS/$name.bench.txt" 2>&1
   grep -vE "^\s*\[|^$" "$RESULTS/$name.bench.txt" | tail -20
 done

@@ -13,8 +13,8 @@
 #   GIT_COMMIT        commit being checked (default: git rev-parse HEAD when .git exists)
 #   JOBS              build parallelism (default: nproc)
 #   GPU_CHECK_TESTS   test paths to run (default: tests)
-#   GPU_CHECK_FORWARD forward benchmark (benchmarks/bench_forward.py): quick (default), full or skip
-#   GPU_CHECK_BACKWARD backward benchmark (benchmarks/bench_backward.py): quick (default), full or skip
+#   GPU_CHECK_FORWARD forward benchmark (benchmarks/forward_performance.py): quick (default), full or skip
+#   GPU_CHECK_BACKWARD backward benchmark (benchmarks/backward_performance.py): quick (default), full or skip
 #   GPU_CHECK_PROFILE 1: Nsight Compute on one dense D=128 forward (benchmarks/profile_attention.py),
 #                     its speed-of-light, occupancy and warp-stall sections into the summary
 set -uo pipefail
@@ -33,7 +33,7 @@ step() { printf '\n==== %s (t=%ss) ====\n' "$*" "$SECONDS"; }
 
 step "machine"
 mkdir -p "$SCRATCH"
-# At most 9 files go to RESULTS (summary, build/test/bench logs, forward json + plot, backward): small facts
+# At most 9 files go to RESULTS (summary, build/test/bench logs, forward and backward text + json): small facts
 # go into the summary only.
 nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader | tee "$SCRATCH/gpu.txt"
 GPU=$(head -1 "$SCRATCH/gpu.txt" | cut -d, -f1)
@@ -83,20 +83,19 @@ step "benchmark: host overhead"
 $PY benchmarks/bench_overhead.py --json "$SCRATCH/overhead.json" 2>&1 | tee "$RESULTS/overhead.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
-# One peer benchmark: bench_peers NAME MODE (quick, full or skip) runs benchmarks/bench_NAME.py into
-# $SCRATCH/NAME and its printout into $RESULTS/NAME.txt.
+# One peer benchmark: bench_peers NAME MODE (quick, full or skip) runs benchmarks/NAME_performance.py
+# into $SCRATCH/perf (NAME.json, NAME.md, plots) and its printout into $RESULTS/NAME.txt.
 bench_peers() {
   local name=$1 mode=$2
   [ "$mode" = skip ] && return 0
   step "benchmark: $name against the peers ($mode)"
-  $PY "benchmarks/bench_$name.py" $([ "$mode" = quick ] && echo --quick) --out "$SCRATCH/$name" 2>&1 \
+  $PY "benchmarks/${name}_performance.py" $([ "$mode" = quick ] && echo --quick) --out "$SCRATCH/perf" 2>&1 \
     | tee "$RESULTS/$name.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  cp "$SCRATCH/perf/$name.json" "$RESULTS/" 2>/dev/null
 }
 
 bench_peers forward "${GPU_CHECK_FORWARD:-quick}"
-cp "$SCRATCH/forward/results.json" "$RESULTS/forward.json" 2>/dev/null
-cp "$SCRATCH/forward/sweep.png" "$RESULTS/sweep.png" 2>/dev/null
 bench_peers backward "${GPU_CHECK_BACKWARD:-quick}"
 
 if [ "${GPU_CHECK_PROFILE:-0}" = 1 ]; then
@@ -124,8 +123,8 @@ fi
   echo '## python -m flash_dmattn bench'; echo '```'; cat "$RESULTS/bench.txt"; echo '```'
   echo '## Host overhead (benchmarks/bench_overhead.py)'; echo '```'; cat "$RESULTS/overhead.txt"; echo '```'
   [ -f "$SCRATCH/profile.txt" ] && [ "${GPU_CHECK_PROFILE:-0}" = 1 ] && { echo '## Nsight Compute, one dense D=128 forward'; echo '```'; tail -80 "$SCRATCH/profile.txt"; echo '```'; }
-  [ -f "$RESULTS/forward.txt" ] && { echo '## Forward against the peers (benchmarks/bench_forward.py)'; echo '```'; cat "$RESULTS/forward.txt"; echo '```'; }
-  [ -f "$RESULTS/backward.txt" ] && { echo '## Backward against the peers (benchmarks/bench_backward.py)'; echo '```'; cat "$RESULTS/backward.txt"; echo '```'; }
+  [ -f "$RESULTS/forward.txt" ] && { echo '## Forward against the peers (benchmarks/forward_performance.py)'; echo '```'; cat "$RESULTS/forward.txt"; echo '```'; }
+  [ -f "$RESULTS/backward.txt" ] && { echo '## Backward against the peers (benchmarks/backward_performance.py)'; echo '```'; cat "$RESULTS/backward.txt"; echo '```'; }
 } > "$RESULTS/summary.md"
 
 step "summary"

@@ -66,33 +66,36 @@ _L2_FLUSH_BYTES = 256 << 20  # several times any current GPU's L2 cache
 _HOST_AHEAD_CYCLES = 4_000_000  # ~2-3 ms of GPU clock: longer than the host path of any call timed
 
 
-def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps: int, cold_l2: bool = False) -> float:
-    """Median milliseconds of fn() after `warmup` untimed calls. cold_l2 (CUDA) overwrites a buffer
+def time_ms(fn, device: torch.device, warmup: int, reps: int, cold_l2: bool = False) -> float:
+    """Median milliseconds of fn() after `warmup` untimed calls. fn may also be a sequence of
+    callables, run in turn (each warmed up once at least): copies of the inputs rotated so that no
+    timed run finds its inputs in L2 from the run before. cold_l2 (CUDA) instead overwrites a buffer
     larger than L2 before each run, so small problems are not timed out of a warm cache.
 
     On CUDA this is GPU time: each run is queued behind a short GPU sleep (outside the timed events),
     so the host has launched all of fn's kernels before the GPU reaches them and a slow host path
     does not leave gaps between them. The host path's own cost is benchmarks/bench_overhead.py's."""
-    for _ in range(warmup):
-        fn()
+    fns = list(fn) if isinstance(fn, (list, tuple)) else [fn]
+    for i in range(max(warmup, len(fns))):
+        fns[i % len(fns)]()
     times = []
     if device.type == "cuda":
         flush = torch.empty(_L2_FLUSH_BYTES, dtype=torch.uint8, device=device) if cold_l2 else None
         torch.cuda.synchronize(device)
-        for _ in range(reps):
+        for i in range(reps):
             if flush is not None:
                 flush.zero_()
             torch.cuda._sleep(_HOST_AHEAD_CYCLES)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn()
+            fns[i % len(fns)]()
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end))
     else:
-        for _ in range(reps):
+        for i in range(reps):
             t0 = time.perf_counter()
-            fn()
+            fns[i % len(fns)]()
             times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 

@@ -151,6 +151,11 @@ def flex_dmattn_func(q, k, v, attn_mask=None, attn_bias=None, is_causal=None, sc
     qt, kt, vt = (t.transpose(1, 2) for t in (a.q, a.k, a.v))
     flex_attention = _flex_attention(a.q.device)
     kwargs = dict(score_mod=score_mod, block_mask=block_mask, scale=a.scale, enable_gqa=H != H_kv)
+    if Q > 1 and a.q.device.type == "cuda":
+        # torch picks its decoding kernel for short queries; with GQA and 1 < Q < 128 (Q=100, 2 query
+        # heads per kv head) inductor finds no valid config for it (NoValidChoicesError, torch 2.11).
+        # The general kernel serves every Q > 1; Q = 1 keeps the decoding kernel, which works.
+        kwargs["kernel_options"] = {"FORCE_USE_FLEX_ATTENTION": True}
     # Eager flex still traces itself with dynamo; once shapes vary, dynamo turns them dynamic and
     # a captured bias that requires grad then fails to trace (torch 2.13). Keep them static.
     static = (contextlib.nullcontext() if torch.compiler.is_compiling()

@@ -1,0 +1,123 @@
+"""README's performance section, generated from a results folder (no hand-typed numbers).
+
+  python benchmarks/readme_results.py benchmarks/results/<date>-<gpu>   # rewrite README.md's section
+  python benchmarks/readme_results.py --check                          # exit 1 if README is stale
+
+The section sits between `<!-- perf:begin results=DIR -->` and `<!-- perf:end -->`; DIR names the
+folder it was made from, so --check (and the test suite) can remake it and compare. It holds, per
+group of forward.json / backward.json: one row per configuration, one column per system (median ms),
+the measured density, and our speedup over the fastest peer; then the plots.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+BEGIN = re.compile(r"<!-- perf:begin results=(\S+) -->")
+END = "<!-- perf:end -->"
+
+# What each group is called in README, in the order shown; groups not listed are left out.
+TITLES = {
+    "seed-train": "Training shapes of the seed README (B=1, H=2, H_kv=1, D=64, causal, top-W keys per row)",
+    "seed-infer": "Inference shapes of the seed README (Q=1, B=1, H=2, H_kv=1, D=64, top-W keys)",
+    "models": "Model shapes (dense causal, and a 12.5% top-W mask)",
+    "density": "Time against density (one shape, top-w keys per row)",
+    "dense": "Dense, no mask (issue targets)",
+    "bias": "Per-key bias, causal (issue targets)",
+    "sparse": "Sparse (issue targets)",
+    "decode": "Decode",
+}
+OURS = ("ours sparse", "ours")  # the system a row's speedup is for, first found
+NOT_A_PEER = ("ours", "flex BlockMask build")  # prefixes of systems our speedup is not taken over
+
+
+def _ms(x):
+    return f"{x:.3f}" if x is not None else "n/a"
+
+
+def pivot(rows: list[dict]) -> str:
+    """One markdown table: a row per config, a column per system."""
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    cell = {(r["config"], r["system"]): r for r in rows}
+    lines = ["| config | density | " + " | ".join(f"{s} (ms)" for s in systems) + " | ours vs fastest peer |",
+             "|---|---|" + "---|" * len(systems) + "---|"]
+    for c in configs:
+        mine = next((cell[(c, s)] for s in OURS if (c, s) in cell), None)
+        peers = [cell[(c, s)]["ms"] for s in systems
+                 if (c, s) in cell and cell[(c, s)]["ms"] and not s.startswith(NOT_A_PEER)]
+        speedup = (f"{min(peers) / mine['ms']:.2f}x" if mine and mine["ms"] and peers else "-")
+        dens = f"{mine['density']:.3f}" if mine else "-"
+        lines.append(f"| {c} | {dens} | " + " | ".join(_ms(cell[(c, s)]["ms"]) if (c, s) in cell else "-"
+                                                      for s in systems) + f" | {speedup} |")
+    return "\n".join(lines)
+
+
+def render(results: Path) -> str:
+    """The section's body for a results folder (paths in it relative to the repository root)."""
+    rel = results.resolve().relative_to(ROOT).as_posix()
+    out = []
+    for name in ("forward", "backward"):
+        path = results / f"{name}.json"
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        meta, rows = data["meta"], data["rows"]
+        mode = rows[0]["mode"] if rows else name
+        out.append(f"### {name.capitalize()} ({meta['gpu']}, {meta['date']})\n")
+        out.append(f"`python benchmarks/{name}_performance.py{' --quick' if meta.get('quick') else ''}` at commit "
+                   f"`{meta['commit'][:12]}`, torch {meta['torch']}, CUDA {meta['cuda']}, driver {meta['driver']}. "
+                   f"Median GPU time in ms over rotated inputs; full figures (TFLOP/s on kept pairs and on "
+                   f"computed tiles, peak memory, notes) in [{rel}/{name}.md]({rel}/{name}.md).\n")
+        for group, title in TITLES.items():
+            g = [r for r in rows if r["group"] == group]
+            if g:
+                modes = sorted({r["mode"] for r in g})
+                out.append(f"**{title}**, {' / '.join(modes) if modes else mode}\n\n{pivot(g)}\n")
+        for plot in (f"{name}-seqlen.png", f"{name}-density.png"):
+            if (results / plot).exists():
+                out.append(f"![{name}: {plot[len(name) + 1:-4]}]({rel}/{plot})\n")
+    return "\n".join(out)
+
+
+def section(results: Path) -> str:
+    rel = results.resolve().relative_to(ROOT).as_posix()
+    return f"<!-- perf:begin results={rel} -->\n{render(results)}{END}"
+
+
+def current(readme: str):
+    """(results folder named by README's section, the section's full text) or (None, None)."""
+    m = BEGIN.search(readme)
+    if not m or END not in readme[m.end():]:
+        return None, None
+    end = readme.index(END, m.end()) + len(END)
+    return ROOT / m.group(1), readme[m.start():end]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("results", nargs="?", type=Path, help="results folder (default: the one README names)")
+    ap.add_argument("--check", action="store_true", help="exit 1 if README's section differs from a fresh render")
+    args = ap.parse_args()
+    text = README.read_text()
+    named, old = current(text)
+    if old is None:
+        sys.exit("README.md has no '<!-- perf:begin results=DIR -->' ... '<!-- perf:end -->' section")
+    results = args.results or named
+    new = section(results)
+    if args.check:
+        if new != old:
+            sys.exit(f"README.md's performance section is stale: run python benchmarks/readme_results.py {results}")
+        print("README.md's performance section matches", results)
+        return
+    README.write_text(text.replace(old, new))
+    print("README.md's performance section rewritten from", results)
+
+
+if __name__ == "__main__":
+    main()
