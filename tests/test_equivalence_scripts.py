@@ -11,14 +11,17 @@ from pathlib import Path
 
 import pytest
 
+import flash_dmattn
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
+PACKAGE_PARENT = Path(flash_dmattn.__file__).resolve().parent.parent  # the package under test (a wheel or python/)
 
 
 @pytest.mark.parametrize("script", ["forward_equivalence.py", "backward_equivalence.py", "grad_equivalence.py"])
 def test_script_passes_on_the_cpu_reference(script, tmp_path):
     out = tmp_path / "rows.json"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "python"), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PACKAGE_PARENT), os.environ.get("PYTHONPATH", "")]))
     res = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--device", "cpu", "--json", str(out)],
                          capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
