@@ -30,11 +30,18 @@ isolation=()
 [ "${BUILD_ISOLATION:-1}" = 0 ] && isolation=(--no-build-isolation)
 for py in "${pythons[@]}"; do
   start=$(date +%s)
-  echo "==== wheel for $($py --version) (archs ${DMATTN_ARCHS}, head dims ${DMATTN_HEAD_DIMS:-all})"
+  echo "==== wheel for $($py --version) (archs ${DMATTN_ARCHS}, kernels ${DMATTN_KERNELS:-${DMATTN_HEAD_DIMS:-all}})"
   DMATTN_PREBUILT_DIR=$prefix $py -m pip wheel . --no-deps -w dist/raw "${isolation[@]}"
   echo "==== built in $(( $(date +%s) - start ))s"
 done
 for wheel in dist/raw/*.whl; do
+  # Each wheel carries the libraries built above byte for byte: no Python's build compiled CUDA.
+  rm -rf dist/raw/unpacked
+  python3 -m zipfile -e "$wheel" dist/raw/unpacked
+  for lib in "$prefix"/lib/libdmattn*.so; do
+    cmp "$lib" "dist/raw/unpacked/flash_dmattn/lib/$(basename "$lib")"
+  done
+  echo "$(basename "$wheel") carries the prebuilt $(cd "$prefix/lib" && echo libdmattn*.so)"
   if [ "${SKIP_REPAIR:-0}" = 1 ]; then
     cp "$wheel" dist/
     python3 ci/check_wheel_size.py "dist/$(basename "$wheel")"
@@ -42,4 +49,5 @@ for wheel in dist/raw/*.whl; do
     bash ci/repair_wheel.sh "$wheel" dist
   fi
 done
+rm -rf dist/raw/unpacked
 ls -la dist/*.whl
