@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # install_cuda.sh: the CUDA toolkit (compiler and static runtime only) inside a manylinux_2_28
-# container (AlmaLinux 8), for cibuildwheel's before-all step. CUDA_VERSION (default 12.8) picks the
-# release; x86_64 and aarch64 (NVIDIA's "sbsa" repository) are supported.
+# container (AlmaLinux 8), for cibuildwheel's before-all step. CUDA_VERSION picks the release
+# (default 12.9, the first with the family targets sm_100f that the sm100 library is built for;
+# a 12.x runtime, linked statically, runs on every driver from 525 on). x86_64 and aarch64
+# (NVIDIA's "sbsa" repository) are supported.
 set -euo pipefail
-version=${CUDA_VERSION:-12.8}
+version=${CUDA_VERSION:-12.9}
 case "$(uname -m)" in
   x86_64) repo_arch=x86_64 ;;
   aarch64) repo_arch=sbsa ;;

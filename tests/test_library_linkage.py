@@ -51,19 +51,20 @@ def test_no_library_links_torch_or_the_cuda_runtime(forbidden):
 
 def test_binding_and_library_answer_without_torch():
     # The compiled parts never need torch: load _C by file (not through the package, whose
-    # __init__ imports torch) in a fresh interpreter and ask the library for its facts.
+    # __init__ imports torch) in a fresh interpreter that cannot import torch at all (-S: no
+    # site-packages, so no torch installed as far as it can see) and ask the library for its facts.
     import sys
 
     module = next(_paths.PACKAGE_DIR.glob("_C*.so"))
     code = (
         "import importlib.util, sys\n"
+        "assert importlib.util.find_spec('torch') is None, 'torch is importable'\n"
         f"spec = importlib.util.spec_from_file_location('_C', {str(module)!r})\n"
         "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
         "info = m.info()\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "print(info['version'], info['abi_version'], info['families'])\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     import flash_dmattn
 

@@ -63,6 +63,7 @@ def test_tests_run_against_the_installed_wheel():
         assert want in names, f"{want} missing from {WHEEL}"
     assert any(n.startswith("flash_dmattn/lib/libdmattn_sm") for n in names), "no kernel library in the wheel"
     assert not any("libcuda.so" in n or "libtorch" in n for n in names), "the driver or torch was grafted"
-    assert "manylinux" in Path(WHEEL).name, "the wheel was not repaired to a manylinux tag"
+    if os.environ.get("SKIP_REPAIR") != "1":  # ci/gpu_wheel_check.sh on a machine without auditwheel
+        assert "manylinux" in Path(WHEEL).name, "the wheel was not repaired to a manylinux tag"
     if "-abi3-" in Path(WHEEL).name:  # one module for every CPython >= 3.12, not one built for a single version
         assert "flash_dmattn/_C.abi3.so" in names, [n for n in names if "/_C." in n]
