@@ -293,9 +293,9 @@ def flex(keep, bias, causal, B, H, Q, K):
     return make, build_ms
 
 
-def original_flash_dmattn_reason() -> Optional[str]:
-    """Why the original flash-dmattn package cannot be timed here (None if it can). It installs a
-    module of the same name as ours, so it is only reachable as its compiled extension."""
+def original_flash_dmattn_reason() -> str:
+    """Why the original flash-dmattn package is not among the peers (recorded in each run's meta).
+    It installs a module of the same name as ours, so it is only reachable as its compiled extension."""
     import importlib.util
     if importlib.util.find_spec("flash_dmattn_cuda") is None:
         return "original flash-dmattn not installed (optional peer)"
@@ -477,9 +477,10 @@ def run_groups(groups: dict, selected: list[str], quick: bool, out_dir: Path, na
     """Run the selected groups, printing rows as they come and rewriting the outputs after each
     group (a run cut short keeps what it measured)."""
     meta = machine()
-    meta.update(quick=quick, groups=selected)
+    meta.update(quick=quick, groups=selected, original_flash_dmattn=original_flash_dmattn_reason())
     print(f"{name} on {meta['gpu']} (torch {meta['torch']}, CUDA {meta['cuda']}, commit {meta['commit'][:12]}); "
-          f"TFLOP/s on kept pairs and on computed 128x64 tiles; MB = peak memory beyond the inputs", flush=True)
+          f"TFLOP/s on kept pairs and on computed 128x64 tiles; MB = peak memory beyond the inputs; "
+          f"original flash-dmattn: {meta['original_flash_dmattn']}", flush=True)
     print(HEADER, flush=True)
     bar = ProgressBar(len(selected))
     rows: list[dict] = []

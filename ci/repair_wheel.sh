@@ -8,4 +8,4 @@ wheel=$1 dest=$2
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$dest"
 auditwheel repair --exclude libcuda.so.1 -w "$dest" "$wheel"
-python3 "$here/check_wheel_size.py" "$dest/$(basename "$wheel" | cut -d- -f1-2)"-*.whl
+python3 "$here/check_wheel_size.py" "$(ls -t "$dest"/*.whl | head -1)"  # the wheel just written

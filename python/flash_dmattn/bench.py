@@ -15,7 +15,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -62,15 +62,13 @@ def flops(batch: int, heads: int, q_len: int, k_len: int, head_dim: int, causal:
     return total / 2 if causal else total
 
 
-_L2_FLUSH_BYTES = 256 << 20  # several times any current GPU's L2 cache
 _HOST_AHEAD_CYCLES = 4_000_000  # ~2-3 ms of GPU clock: longer than the host path of any call timed
 
 
-def time_ms(fn, device: torch.device, warmup: int, reps: int, cold_l2: bool = False) -> float:
+def time_ms(fn, device: torch.device, warmup: int, reps: int) -> float:
     """Median milliseconds of fn() after `warmup` untimed calls. fn may also be a sequence of
     callables, run in turn (each warmed up once at least): copies of the inputs rotated so that no
-    timed run finds its inputs in L2 from the run before. cold_l2 (CUDA) instead overwrites a buffer
-    larger than L2 before each run, so small problems are not timed out of a warm cache.
+    timed run finds its inputs in L2 from the run before (benchmarks/perf.py makes them).
 
     On CUDA this is GPU time: each run is queued behind a short GPU sleep (outside the timed events),
     so the host has launched all of fn's kernels before the GPU reaches them and a slow host path
@@ -80,11 +78,8 @@ def time_ms(fn, device: torch.device, warmup: int, reps: int, cold_l2: bool = Fa
         fns[i % len(fns)]()
     times = []
     if device.type == "cuda":
-        flush = torch.empty(_L2_FLUSH_BYTES, dtype=torch.uint8, device=device) if cold_l2 else None
         torch.cuda.synchronize(device)
         for i in range(reps):
-            if flush is not None:
-                flush.zero_()
             torch.cuda._sleep(_HOST_AHEAD_CYCLES)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -98,18 +93,6 @@ def time_ms(fn, device: torch.device, warmup: int, reps: int, cold_l2: bool = Fa
             fns[i % len(fns)]()
             times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
-
-
-def timed_or_reason(fn: Callable[[], object], *, inference: bool = False, warmup: int = 3,
-                    reps: int = 10) -> tuple[Optional[float], str]:
-    """(median ms, "") of fn() on CUDA with the L2 flushed before each run (time_ms), under
-    inference_mode when asked; or (None, the reason) when fn raises: a missing kernel or a peer
-    that cannot run the case is a result of the benchmark, not a crash."""
-    try:
-        with torch.inference_mode(inference):
-            return time_ms(fn, torch.device("cuda"), warmup, reps, cold_l2=True), ""
-    except (NotImplementedError, RuntimeError, TypeError, ValueError) as exc:
-        return None, f"{type(exc).__name__}: {str(exc)[:120]}"
 
 
 def _candidates(device: torch.device, causal: bool):
