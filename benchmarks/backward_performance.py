@@ -12,6 +12,9 @@ backward and 14 D for forward+backward. Groups:
               256 to 32768 at W=1024, and W from 32 to 32768 at L=32768 (backward alone)
   models      H=32 H_kv=8 D=128 at L 4k-16k, H=16 D=64 with B*H large and small: dense causal and a
               12.5% top-w mask, forward+backward
+  shapes      batch, query heads, GQA ratio and head dim sweeps around B=2 H=16 H_kv=4 D=128 L=4096
+              with a 12.5% top-w mask + bias, forward+backward (no backward kernel past D=128 yet: those
+              rows say so)
   density     one shape, densities 100% to 1.5%, forward+backward; issue 4's bound on each row
   dense       issue 4: no mask, D 64/128, L 4k/16k, B*H = 32, causal and not: backward vs SDPA flash
   bias        issue 4: per-key bias with its gradient, causal (with and without an all-true mask)
@@ -38,7 +41,7 @@ def group_seed_train(quick):
                                 ("sdpa-flash", "flex") + (("sdpa-mask",) if not quick and L <= 16384 else ()),
                                 mode=BWD, series="train backward, W=1024 (time vs L)", x=L,
                                 x_label="sequence length (Q = K)")
-    for W in (() if quick else (32, 128, 512, 2048, 8192, 32768)):
+    for W in (() if quick else (32, 64, 128, 256, 512, 2048, 4096, 8192, 16384, 32768)):
         out += perf.masked_case("seed-train", f"B=1 H=2 H_kv=1 D=64 L=32768 W={W}", 1, 2, 1, 32768, 32768, 64, W, "row",
                                 ("sdpa-flash", "flex"), mode=BWD, series="train backward, L=32768 (time vs W)", x=W,
                                 x_label="window W (top-W keys per row)")
@@ -56,6 +59,10 @@ def group_models(quick):
                                 series=f"models fwd+bwd: B={B} H={H} H_kv={H_kv} D={D}, 12.5% (time vs L)", x=L,
                                 x_label="sequence length (Q = K)")
     return out
+
+
+def group_shapes(quick):
+    return perf.shapes_group(quick, STEP)
 
 
 def group_density(quick):
@@ -101,8 +108,8 @@ def group_sparse(quick):
     return perf.sparse_bounds(out, 1.5, with_schedule=False)
 
 
-GROUPS = {"seed-train": group_seed_train, "models": group_models, "density": group_density, "dense": group_dense,
-          "bias": group_bias, "sparse": group_sparse}
+GROUPS = {"seed-train": group_seed_train, "models": group_models, "shapes": group_shapes, "density": group_density,
+          "dense": group_dense, "bias": group_bias, "sparse": group_sparse}
 
 
 def main():

@@ -15,6 +15,8 @@ benchmarks/perf.py. Groups:
               K=524288
   models      model shapes: H=32 H_kv=8 D=128 at L 4k-32k, H=16 D=64 with B*H large (128) and small
               (16): dense causal against SDPA flash, and a 12.5% top-w mask against Flex
+  shapes      batch (1-8), query heads (4-32), GQA ratio (1-32) and head dim (32-256) around B=2 H=16
+              H_kv=4 D=128 L=4096 with a 12.5% top-w mask + bias, against our dense, SDPA flash and Flex
   density     one shape, densities 100% to 1.5%: time vs kept work (plot: speedup vs density)
   dense       issue 3: no mask, D 64/128, L 4k/16k, B*H = 32, causal and not, against SDPA flash
   bias        issue 3: per-key bias (B, H_kv, 1, K), causal, an all-true mask, against our dense causal
@@ -91,6 +93,10 @@ def group_models(quick):
     return out
 
 
+def group_shapes(quick):
+    return perf.shapes_group(quick, MODE)
+
+
 def group_density(quick):
     B, H, D, L = (1, 8, 128, 8192) if quick else (1, 8, 128, 16384)
     out = []
@@ -154,8 +160,8 @@ def group_decode(quick):
 
 
 GROUPS = {"seed-train": group_seed_train, "seed-infer": group_seed_infer, "models": group_models,
-          "density": group_density, "dense": group_dense, "bias": group_bias, "sparse": group_sparse,
-          "decode": group_decode}
+          "shapes": group_shapes, "density": group_density, "dense": group_dense, "bias": group_bias,
+          "sparse": group_sparse, "decode": group_decode}
 
 
 def main():

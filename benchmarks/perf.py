@@ -42,6 +42,8 @@ FLOPS_PER_PAIR_D = {"forward": 4, "backward": 10, "forward+backward": 14}  # 2 (
 ROTATION_L2_MULTIPLE = 3
 MAX_COPIES = 64
 WARMUP, REPS = 3, 20
+PEERS = ("schedule", "dense", "sdpa-flash", "sdpa-mask", "flex")  # what masked_case can add next to ours
+SKIPPED_PEERS: set[str] = set()  # --skip: peers left out of masked_case (quick A/B runs of our kernels)
 
 
 # ---- inputs --------------------------------------------------------------------------------------
@@ -346,6 +348,7 @@ def masked_case(group, config, B, H, H_kv, Q, K, D, w, form, peers, *, mode, **e
     "schedule" (ours with a mask keeping nothing: the schedule build and launches), "dense" (ours
     without a mask), "sdpa-flash" (dense, no mask), "sdpa-mask" (the equivalent float mask, whose
     bias gets no gradient) and "flex" (kernel, and BlockMask build apart)."""
+    peers = tuple(p for p in peers if p not in SKIPPED_PEERS)
     grad = mode != "forward"
     causal = Q > 1  # one query row sees every key under bottom-right causal: run it without
     q, k, v = qkv(B, Q, K, H, H_kv, D, requires_grad=grad)
@@ -394,6 +397,27 @@ def masked_case(group, config, B, H, H_kv, Q, K, D, w, form, peers, *, mode, **e
                            note=failure(exc), **common))
     del q, k, v, keep, bias
     torch.cuda.empty_cache()
+    return out
+
+
+def shapes_group(quick: bool, mode: str) -> list[dict]:
+    """Sweeps of batch, query heads, GQA ratio and head dim around one shape (B=2 H=16 H_kv=4 D=128
+    L=4096, causal, a 12.5% top-w per-key mask with the per-key score as bias): ours sparse against
+    our dense causal, SDPA flash and Flex, one plot series per sweep."""
+    base = dict(B=2, H=16, H_kv=4, D=128)
+    L = 4096
+    sweeps = (("batch", "B", (1, 8) if quick else (1, 2, 4, 8), lambda x: dict(B=x)),
+              ("query heads (H_kv = H/4)", "H", (16,) if quick else (4, 8, 16, 32), lambda x: dict(H=x, H_kv=x // 4)),
+              ("GQA ratio (H=32)", "H/H_kv", () if quick else (1, 4, 8, 32), lambda x: dict(H=32, H_kv=32 // x)),
+              ("head dim", "D", (64, 128) if quick else (32, 64, 96, 128, 192, 256), lambda x: dict(D=x)))
+    out = []
+    for label, axis, values, change in sweeps:
+        for x in values:
+            c = {**base, **change(x)}
+            config = f"B={c['B']} H={c['H']} H_kv={c['H_kv']} D={c['D']} L={L} W=L/8"
+            out += masked_case("shapes", config, c["B"], c["H"], c["H_kv"], L, L, c["D"], L // 8, "key",
+                               ("dense", "sdpa-flash") + (() if quick else ("flex",)), mode=mode,
+                               series=f"shapes {mode}: {label}, L={L}, 12.5%", x=x, x_label=axis)
     return out
 
 
@@ -477,7 +501,8 @@ def run_groups(groups: dict, selected: list[str], quick: bool, out_dir: Path, na
     """Run the selected groups, printing rows as they come and rewriting the outputs after each
     group (a run cut short keeps what it measured)."""
     meta = machine()
-    meta.update(quick=quick, groups=selected, original_flash_dmattn=original_flash_dmattn_reason())
+    meta.update(quick=quick, groups=selected, all_groups=list(groups), original_flash_dmattn=original_flash_dmattn_reason(),
+                skipped_peers=sorted(SKIPPED_PEERS))
     print(f"{name} on {meta['gpu']} (torch {meta['torch']}, CUDA {meta['cuda']}, commit {meta['commit'][:12]}); "
           f"TFLOP/s on kept pairs and on computed 128x64 tiles; MB = peak memory beyond the inputs; "
           f"original flash-dmattn: {meta['original_flash_dmattn']}", flush=True)
@@ -502,7 +527,13 @@ def cli(groups: dict, name: str, doc: str) -> None:
     ap.add_argument("--quick", action="store_true", help="a subset of every group, about two minutes")
     ap.add_argument("--only", default=",".join(groups), help=f"comma-separated groups of: {', '.join(groups)}")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results/<date>-<gpu>)")
+    ap.add_argument("--skip", default="", help=f"comma-separated peers to leave out of the masked groups, of: "
+                    f"{', '.join(PEERS)} (kernel A/B runs; a bound needs schedule and dense)")
     args = ap.parse_args()
+    skip = {p for p in args.skip.split(",") if p}
+    if skip - set(PEERS):
+        raise SystemExit(f"unknown peer(s) {sorted(skip - set(PEERS))}; choose from {list(PEERS)}")
+    SKIPPED_PEERS.update(skip)
     if not torch.cuda.is_available():
         raise SystemExit(f"{name}_performance.py needs a CUDA GPU (the equivalence scripts run on CPU)")
     selected = [g for g in args.only.split(",") if g]

@@ -1,12 +1,14 @@
 """README's performance section, generated from a results folder (no hand-typed numbers).
 
-  python benchmarks/readme_results.py benchmarks/results/<date>-<gpu>   # rewrite README.md's section
-  python benchmarks/readme_results.py --check                          # exit 1 if README is stale
+  python benchmarks/readme_results.py benchmarks/results/<date>-<gpu> [MORE_DIRS]   # rewrite README.md's section
+  python benchmarks/readme_results.py --check                                      # exit 1 if README is stale
 
-The section sits between `<!-- perf:begin results=DIR -->` and `<!-- perf:end -->`; DIR names the
-folder it was made from, so --check (and the test suite) can remake it and compare. It holds, per
-group of forward.json / backward.json: one row per configuration, one column per system (median ms),
-the measured density, and our speedup over the fastest peer; then the plots.
+The section sits between `<!-- perf:begin results=DIR[,DIR...] -->` and `<!-- perf:end -->`; the
+folders it was made from are named there, so --check (and the test suite) can remake it and compare.
+Several folders: a full run first, then runs of groups added later (each shown with its own GPU,
+date and commit). It holds, per folder and per group of forward.json / backward.json: one row per
+configuration, one column per system (median ms), the measured density, and our speedup over the
+fastest peer; then the plots.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ TITLES = {
     "seed-train": "Training shapes of the seed README (B=1, H=2, H_kv=1, D=64, causal, top-W keys per row)",
     "seed-infer": "Inference shapes of the seed README (Q=1, B=1, H=2, H_kv=1, D=64, top-W keys)",
     "models": "Model shapes (dense causal, and a 12.5% top-W mask)",
+    "shapes": "Batch, heads, GQA ratio and head dim (around B=2 H=16 H_kv=4 D=128 L=4096, a 12.5% top-W mask + bias)",
     "density": "Time against density (one shape, top-w keys per row)",
     "dense": "Dense, no mask (issue targets)",
     "bias": "Per-key bias, causal (issue targets)",
@@ -70,8 +73,11 @@ def render(results: Path) -> str:
         meta, rows = data["meta"], data["rows"]
         mode = rows[0]["mode"] if rows else name
         out.append(f"### {name.capitalize()} ({meta['gpu']}, {meta['date']})\n")
-        out.append(f"`python benchmarks/{name}_performance.py{' --quick' if meta.get('quick') else ''}` at commit "
-                   f"`{meta['commit'][:12]}`, torch {meta['torch']}, CUDA {meta['cuda']}, driver {meta['driver']}. "
+        # A run of some groups says so (runs before "all_groups" was recorded ran them all).
+        groups = (f" --only {','.join(meta['groups'])}"
+                  if set(meta.get("groups", ())) != set(meta.get("all_groups", meta.get("groups", ()))) else "")
+        out.append(f"`python benchmarks/{name}_performance.py{' --quick' if meta.get('quick') else ''}{groups}` at "
+                   f"commit `{meta['commit'][:12]}`, torch {meta['torch']}, CUDA {meta['cuda']}, driver {meta['driver']}. "
                    f"Median GPU time in ms over rotated inputs; full figures (TFLOP/s on kept pairs and on "
                    f"computed tiles, peak memory, notes) in [{rel}/{name}.md]({rel}/{name}.md).\n")
         for group, title in TITLES.items():
@@ -85,23 +91,23 @@ def render(results: Path) -> str:
     return "\n".join(out)
 
 
-def section(results: Path) -> str:
-    rel = results.resolve().relative_to(ROOT).as_posix()
-    return f"<!-- perf:begin results={rel} -->\n{render(results)}{END}"
+def section(folders: list[Path]) -> str:
+    rels = ",".join(f.resolve().relative_to(ROOT).as_posix() for f in folders)
+    return f"<!-- perf:begin results={rels} -->\n" + "\n".join(render(f) for f in folders) + END
 
 
 def current(readme: str):
-    """(results folder named by README's section, the section's full text) or (None, None)."""
+    """(results folders named by README's section, the section's full text) or (None, None)."""
     m = BEGIN.search(readme)
     if not m or END not in readme[m.end():]:
         return None, None
     end = readme.index(END, m.end()) + len(END)
-    return ROOT / m.group(1), readme[m.start():end]
+    return [ROOT / f for f in m.group(1).split(",")], readme[m.start():end]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("results", nargs="?", type=Path, help="results folder (default: the one README names)")
+    ap.add_argument("results", nargs="*", type=Path, help="results folders (default: the ones README names)")
     ap.add_argument("--check", action="store_true", help="exit 1 if README's section differs from a fresh render")
     args = ap.parse_args()
     text = README.read_text()

@@ -8,7 +8,9 @@
 #
 #   NAME        a label (letters, digits, '-', '_')
 #   SRC         source tree: '.' for the working tree, or a copy of another commit, e.g. made with
-#               `mkdir -p .ab/base && git archive HEAD | tar -x -C .ab/base` (.ab/ is ignored; carry it)
+#               `mkdir -p .ab/base && git archive HEAD | tar -x -C .ab/base` (.ab/ is ignored; carry it);
+#               or wheel:PATH, a wheel built elsewhere (ci/build_wheel_host.sh on a CPU machine), installed
+#               instead of built, so the GPU's time goes to measuring (its tests run from the working tree)
 #   CUDA_FLAGS  extra nvcc flags, e.g. -DSOME_SWITCH=0 read by the kernel under test (spaces allowed, quote the argument)
 # Environment:
 #   AB_KERNELS  kernel-table rows (default "sm90:fwd:bf16:64;sm90:fwd:bf16:128"); per variant
@@ -17,6 +19,9 @@
 #               "skip" runs none
 #   AB_GROUPS   forward_performance.py groups (default dense,bias)
 #   AB_SIZES    quick (default: forward_performance.py --quick) or full
+#   AB_SKIP     peers the benchmark leaves out (forward_performance.py --skip, e.g. flex,sdpa-mask)
+#   AB_TABLE    ';'-separated argument sets of benchmarks/profile_attention.py --table (each kernel's
+#               time in one call, torch.profiler) run for every variant
 #   AB_PROFILE  a variant name: Nsight Compute on its forward kernel (benchmarks/profile_attention.py), once
 #               per ';'-separated argument set in AB_PROFILE_ARGS (default "--D 128")
 # Results (logs, one table per variant) go to ${OUT:-./gpu-ab}.
@@ -54,8 +59,14 @@ for name in "${names[@]}"; do
   kernels_var="AB_KERNELS_${name//-/_}"
   kernels=${!kernels_var:-${AB_KERNELS:-sm90:fwd:bf16:64;sm90:fwd:bf16:128}}
   (
-    cd "${src[$name]}" || exit 1
     rm -rf "$SCRATCH/$name/site"
+    if [ "${src[$name]#wheel:}" != "${src[$name]}" ]; then
+      $PY -m pip install -q --no-deps --no-index --target "$SCRATCH/$name/site" "${src[$name]#wheel:}" \
+        > "$SCRATCH/$name.build.log" 2>&1
+      echo "$name: installed ${src[$name]#wheel:}, rc $?"
+      exit 0
+    fi
+    cd "${src[$name]}" || exit 1
     CMAKE_BUILD_PARALLEL_LEVEL=$jobs_each $PY -m pip install --no-build-isolation --no-deps --no-index \
       --target "$SCRATCH/$name/site" -C build-dir="$SCRATCH/$name/build" -C cmake.define.CUTLASS_DIR="${CUTLASS_DIR:-}" \
       -C "cmake.define.DMATTN_KERNELS=$kernels" -C "cmake.define.CMAKE_CUDA_FLAGS=${flags[$name]}" . \
@@ -75,14 +86,24 @@ done
 for name in "${names[@]}"; do
   if [ "${AB_TESTS:-}" != skip ]; then
     step "$name: tests"
-    (cd "${src[$name]}" && PYTHONPATH=$SCRATCH/$name/site $PY -m pytest ${AB_TESTS:-tests/test_forward_cuda.py -q -x} \
+    tree=${src[$name]}
+    [ "${tree#wheel:}" != "$tree" ] && tree=.
+    (cd "$tree" && PYTHONPATH=$SCRATCH/$name/site $PY -m pytest ${AB_TESTS:-tests/test_forward_cuda.py -q -x} \
       -p no:cacheprovider 2>&1 | tail -15 | tee "$RESULTS/$name.tests.txt")
   fi
   quick=$([ "${AB_SIZES:-quick}" = quick ] && echo --quick)
   step "$name: forward_performance $quick --only ${AB_GROUPS:-dense,bias}"
   PYTHONPATH=$SCRATCH/$name/site $PY benchmarks/forward_performance.py $quick --only "${AB_GROUPS:-dense,bias}" \
-    --out "$SCRATCH/$name.bench" > "$RESULTS/$name.bench.txt" 2>&1
+    ${AB_SKIP:+--skip "$AB_SKIP"} --out "$SCRATCH/$name.bench" > "$RESULTS/$name.bench.txt" 2>&1
   grep -vE "^\s*\[|^$" "$RESULTS/$name.bench.txt" | tail -20
+  if [ -n "${AB_TABLE:-}" ]; then
+    IFS=';' read -ra table_args <<< "$AB_TABLE"
+    for args in "${table_args[@]}"; do
+      step "$name: kernel times, profile_attention.py $args"
+      PYTHONPATH=$SCRATCH/$name/site $PY benchmarks/profile_attention.py $args --table 2>&1 \
+        | grep -E "Name|kernel|Self CUDA|ran " | cut -c1-160 | tee -a "$RESULTS/$name.kernels.txt"
+    done
+  fi
 done
 
 if [ -n "${AB_PROFILE:-}" ] && command -v ncu > /dev/null; then

@@ -15,6 +15,9 @@
 #   GPU_CHECK_TESTS   test paths to run (default: tests)
 #   GPU_CHECK_FORWARD forward benchmark (benchmarks/forward_performance.py): quick (default), full or skip
 #   GPU_CHECK_BACKWARD backward benchmark (benchmarks/backward_performance.py): quick (default), full or skip
+#   GPU_CHECK_WHEEL   a wheel built elsewhere (e.g. here by ci/build_wheel_host.sh, whose CUDA libraries
+#                     compiled on a CPU machine): installed instead of building, so the GPU's time goes
+#                     to tests and benchmarks
 #   GPU_CHECK_PROFILE 1: Nsight Compute on one dense D=128 forward (benchmarks/profile_attention.py),
 #                     its speed-of-light, occupancy and warp-stall sections into the summary
 set -uo pipefail
@@ -50,19 +53,28 @@ if [ -z "${CUTLASS_DIR:-}" ]; then
 fi
 echo "CUTLASS_DIR=${CUTLASS_DIR:-<from the installed nvidia-cutlass package>}"
 
-step "build (archs: ${DMATTN_ARCHS:-local GPU}, jobs: $CMAKE_BUILD_PARALLEL_LEVEL)"
 rm -rf "$SITE"
-t0=$(date +%s)
-$PY -m pip install --no-build-isolation --no-deps --no-index --target "$SITE" \
-  -C build-dir="$SCRATCH/build" -C cmake.define.CUTLASS_DIR="${CUTLASS_DIR:-}" . > "$RESULTS/build.log" 2>&1
-rc=$?
-t1=$(date +%s)
-BUILD_S=$((t1 - t0))
-tail -3 "$RESULTS/build.log"
-if [ $rc -ne 0 ]; then
-  echo "BUILD FAILED (rc $rc); see build.log"
-  tail -40 "$RESULTS/build.log"
-  exit 1
+if [ -n "${GPU_CHECK_WHEEL:-}" ]; then
+  step "install the prebuilt wheel $(basename "$GPU_CHECK_WHEEL")"
+  t0=$(date +%s)
+  $PY -m pip install -q --no-deps --no-index --target "$SITE" "$GPU_CHECK_WHEEL" > "$RESULTS/build.log" 2>&1 \
+    || { cat "$RESULTS/build.log"; exit 1; }
+  BUILD_NOTE="none: prebuilt wheel $(basename "$GPU_CHECK_WHEEL") installed in $(( $(date +%s) - t0 ))s"
+else
+  step "build (archs: ${DMATTN_ARCHS:-local GPU}, jobs: $CMAKE_BUILD_PARALLEL_LEVEL)"
+  t0=$(date +%s)
+  $PY -m pip install --no-build-isolation --no-deps --no-index --target "$SITE" \
+    -C build-dir="$SCRATCH/build" -C cmake.define.CUTLASS_DIR="${CUTLASS_DIR:-}" . > "$RESULTS/build.log" 2>&1
+  rc=$?
+  t1=$(date +%s)
+  BUILD_S=$((t1 - t0))
+  BUILD_NOTE="${BUILD_S}s for archs ${DMATTN_ARCHS:-local} with $CMAKE_BUILD_PARALLEL_LEVEL jobs"
+  tail -3 "$RESULTS/build.log"
+  if [ $rc -ne 0 ]; then
+    echo "BUILD FAILED (rc $rc); see build.log"
+    tail -40 "$RESULTS/build.log"
+    exit 1
+  fi
 fi
 ls -la "$SITE/flash_dmattn/lib" | tee "$SCRATCH/libraries.txt"
 export PYTHONPATH=$SITE
@@ -115,7 +127,7 @@ fi
   echo "- commit: $COMMIT"
   echo "- gpu: $(cat "$SCRATCH/gpu.txt")"
   echo "- software: $($PY -c "import sys, torch; print('python', sys.version.split()[0], '/ torch', torch.__version__)") / $(nvcc --version | tail -1)"
-  echo "- build: ${BUILD_S}s for archs ${DMATTN_ARCHS:-local} with $CMAKE_BUILD_PARALLEL_LEVEL jobs"
+  echo "- build: $BUILD_NOTE"
   echo "- tests: $TESTS"
   echo
   echo '## Libraries'; echo '```'; cat "$SCRATCH/libraries.txt"; echo '```'
@@ -128,5 +140,5 @@ fi
 } > "$RESULTS/summary.md"
 
 step "summary"
-echo "gpu: $GPU | commit: $COMMIT | build: ${BUILD_S}s | tests: $TESTS | status: $([ $status -eq 0 ] && echo PASS || echo FAIL)"
+echo "gpu: $GPU | commit: $COMMIT | build: $BUILD_NOTE | tests: $TESTS | status: $([ $status -eq 0 ] && echo PASS || echo FAIL)"
 exit $status

@@ -161,10 +161,22 @@ def test_masked_case_times_every_system_or_says_why_not(mode, monkeypatch):
     assert by["sdpa cudnn/efficient float mask"]["ms"] is None and "RuntimeError" in by["sdpa cudnn/efficient float mask"]["note"]
 
 
+def test_skipped_peers_are_left_out_of_masked_cases(monkeypatch):
+    """--skip (kernel A/B runs) drops the named peers and nothing else."""
+    monkeypatch.setattr(perf, "DEVICE", "cpu")
+    monkeypatch.setattr(perf, "MAX_COPIES", 1)
+    monkeypatch.setattr(perf, "WARMUP", 1)
+    monkeypatch.setattr(perf, "REPS", 1)
+    monkeypatch.setattr(perf, "SKIPPED_PEERS", {"sdpa-mask", "schedule"})
+    rows = perf.masked_case("g", "toy", 1, 2, 1, 130, 130, 32, 64, "key", ("schedule", "dense", "sdpa-mask"),
+                            mode="forward")
+    assert [r["system"] for r in rows] == ["ours sparse", "ours dense causal"]
+
+
 def test_readme_performance_section_is_generated_from_the_committed_results():
     text = readme_results.README.read_text()
-    results, section = readme_results.current(text)
+    folders, section = readme_results.current(text)
     assert section is not None, "README.md lacks the generated performance section"
-    assert (results / "forward.json").exists() and (results / "backward.json").exists()
-    assert section == readme_results.section(results), (
-        f"README's performance section is stale: python benchmarks/readme_results.py {results}")
+    assert (folders[0] / "forward.json").exists() and (folders[0] / "backward.json").exists()
+    assert section == readme_results.section(folders), (
+        f"README's performance section is stale: python benchmarks/readme_results.py {' '.join(map(str, folders))}")

@@ -254,8 +254,12 @@ def test_chunked_and_unchunked_results_agree():
         )
         for chunk_size in (1, 4, None):
             out, lse = _forward(inp, causal=True, chunk_size=chunk_size)
-            # rows are computed independently of each other: identical bits
-            assert torch.equal(out, whole[0]) and torch.equal(lse, whole[1]), f"chunk={chunk_size}"
+            # Rows are computed independently of each other, so they agree to float64 rounding: not
+            # always bit for bit, since BLAS may pick another kernel for another row count (MKL on an
+            # AVX-512 AMD host differs in the last bit for one-row chunks).
+            assert torch.equal(torch.isneginf(lse), torch.isneginf(whole[1])), f"chunk={chunk_size}: -inf rows"
+            assert torch.allclose(out, whole[0], rtol=1e-14, atol=1e-15), f"out chunk={chunk_size}"
+            assert torch.allclose(lse, whole[1], rtol=1e-14, atol=1e-15, equal_nan=True), f"lse chunk={chunk_size}"
             grads = attention_backward(
                 inp.dout, inp.q, inp.k, inp.v, inp.mask, inp.bias, out, lse,
                 scale=_scale(inp), causal=True, chunk_size=chunk_size,
