@@ -16,7 +16,7 @@
 #   AB_KERNELS  kernel-table rows (default "sm90:fwd:bf16:64;sm90:fwd:bf16:128"); per variant
 #               AB_KERNELS_<NAME> overrides it
 #   AB_TESTS    pytest arguments run against every variant (default: tests/test_forward_cuda.py -q -x);
-#               "skip" runs none
+#               "skip" runs none; per variant AB_TESTS_<NAME> overrides it
 #   AB_GROUPS   forward_performance.py groups (default dense,bias)
 #   AB_SIZES    quick (default: forward_performance.py --quick) or full
 #   AB_SKIP     peers the benchmark leaves out (forward_performance.py --skip, e.g. flex,sdpa-mask)
@@ -47,8 +47,12 @@ names=()
 declare -A src flags
 for arg in "$@"; do
   name=${arg%%=*}; rest=${arg#*=}
-  src[$name]=${rest%%:*}
-  flags[$name]=$([ "$rest" != "${rest#*:}" ] && echo "${rest#*:}" || true)
+  if [ "${rest#wheel:}" != "$rest" ]; then
+    src[$name]=$rest; flags[$name]=""
+  else
+    src[$name]=${rest%%:*}
+    flags[$name]=$([ "$rest" != "${rest#*:}" ] && echo "${rest#*:}" || true)
+  fi
   names+=("$name")
 done
 
@@ -84,11 +88,13 @@ done
 [ $failed -eq 0 ] || exit 1
 
 for name in "${names[@]}"; do
-  if [ "${AB_TESTS:-}" != skip ]; then
+  tests_var="AB_TESTS_${name//-/_}"
+  tests=${!tests_var:-${AB_TESTS:-tests/test_forward_cuda.py -q -x}}
+  if [ "$tests" != skip ]; then
     step "$name: tests"
     tree=${src[$name]}
     [ "${tree#wheel:}" != "$tree" ] && tree=.
-    (cd "$tree" && PYTHONPATH=$SCRATCH/$name/site $PY -m pytest ${AB_TESTS:-tests/test_forward_cuda.py -q -x} \
+    (cd "$tree" && PYTHONPATH=$SCRATCH/$name/site $PY -m pytest $tests \
       -p no:cacheprovider 2>&1 | tail -15 | tee "$RESULTS/$name.tests.txt")
   fi
   quick=$([ "${AB_SIZES:-quick}" = quick ] && echo --quick)

@@ -292,6 +292,32 @@ def test_plan_longer_than_one_staging_chunk(per_query, K):
     check_tensors(q, k, v, mask, None, causal=False, name=f"long plan per_query={per_query} K={K}")
 
 
+@pytest.mark.parametrize("Q", [1, 300])
+def test_causal_cut_of_a_long_per_key_plan(Q):
+    """A per-key plan (one row for every query tile) is cut at each query tile's causal limit by the
+    whole CTA, blockDim entries of both lists per pass: lists of more entries than one pass (188 key
+    tiles; 32 threads for the decode tile, 128 otherwise), limits inside either list and between."""
+    B, K, H, H_kv, D = 1, 12000, 2, 1, 128
+    q = torch.randn(B, Q, H, D, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(B, K, H_kv, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    mask = block_mask(B, H_kv, 1, K, seed=13, per_query=False)
+    check_tensors(q, k, v, mask, None, causal=True, name=f"long per-key plan Q={Q}")
+
+
+@pytest.mark.parametrize("Q,K", [(700, 300), (300, 700), (513, 513)])
+def test_per_query_plan_stops_at_the_causal_limit(Q, K):
+    """Under causal the plan builder reads a per-query mask only up to each query tile's causal limit
+    (bottom-right): kept entries past it must change nothing, and with Q > K the first query tiles
+    see no key at all (out 0, lse -inf)."""
+    B, H, D = 1, 2, 128
+    q = torch.randn(B, Q, H, D, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(B, K, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    mask = block_mask(B, H, Q, K, seed=14)
+    above = torch.ones(Q, K, dtype=torch.bool).triu(K - Q + 1).cuda()
+    mask |= above  # everything past the diagonal kept: the builder must not read it as kept
+    check_tensors(q, k, v, mask, None, causal=True, name=f"causal per-query plan Q={Q} K={K}")
+
+
 @pytest.mark.parametrize("D", [32, 64, 96, 128, 192, 256])
 @pytest.mark.parametrize("Q", [1, 7, 16])
 def test_decode_tile_every_head_dim_bucket(Q, D):

@@ -1,4 +1,6 @@
-// tile_plan.cu: builds the forward kernel's tile plan (tile_plan.h) in one pass over the keep-mask.
+// tile_plan.cu: builds the forward kernel's tile plan (tile_plan.h) in one pass over the keep-mask;
+// under causal, over the part of it a query tile can see: a per-query row then also leaves out the
+// key tiles past its query tile's causal limit, which no kernel walks (each cuts its lists there).
 // One CTA per (mask batch, mask head, query tile): each warp classifies key tiles (empty, partial,
 // full) with 16-byte loads where the mask allows them, stopping as soon as a tile is known to be
 // partial, then warp 0 compacts the full and the partial tiles, in order, into the plan row's two lists.
@@ -125,7 +127,7 @@ __device__ int group_tile_state(const char* group, int64_t row_bytes, int rows, 
 
 template <int kElemBytes>
 __global__ void __launch_bounds__(kThreads) build_tile_plan_kernel(const ScoreView mask, int seqlen_q, int seqlen_k,
-                                                                  const TilePlan plan) {
+                                                                  bool causal, const TilePlan plan) {
   __shared__ uint8_t states[kChunkTiles];
   const int qt = blockIdx.x, mh = blockIdx.y, mb = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -140,9 +142,17 @@ __global__ void __launch_bounds__(kThreads) build_tile_plan_kernel(const ScoreVi
 
   int32_t* out = plan.rows + ((int64_t(mb) * plan.heads + mh) * plan.q_tiles + qt) * plan.row_len();
   int32_t* slots = out + 2;
+  // Under causal a per-query tile's rows see no key past its last row's limit (bottom-right), so
+  // the tiles beyond are left out unread: half of a square causal mask's bytes. A per-key row serves
+  // every query tile and is read whole.
+  int k_tiles = plan.k_tiles;
+  if (causal && per_query) {
+    const int kv_end = min(seqlen_k, min(row0 + kPlanTileQ, seqlen_q) + seqlen_k - seqlen_q);
+    k_tiles = kv_end > 0 ? min(k_tiles, (kv_end + kPlanTileKV - 1) / kPlanTileKV) : 0;
+  }
   int n_full = 0, n_partial = 0;  // warp 0's running counts
-  for (int chunk0 = 0; chunk0 < plan.k_tiles; chunk0 += kChunkTiles) {
-    const int chunk_tiles = min(kChunkTiles, plan.k_tiles - chunk0);
+  for (int chunk0 = 0; chunk0 < k_tiles; chunk0 += kChunkTiles) {
+    const int chunk_tiles = min(kChunkTiles, k_tiles - chunk0);
     // Whole groups of full-width tiles (per-query masks with 16-byte rows): one warp per group.
     constexpr int kGroupTiles = TileGroup<kElemBytes>::kGroupTiles, kChunks = TileGroup<kElemBytes>::kChunks;
     int grouped = 0;
@@ -209,9 +219,11 @@ dmattn_status build_tile_plan(const FwdProblem& p, const TilePlan& plan, char* m
   const dim3 grid(plan.q_tiles, plan.heads, plan.batches);
   cudaStream_t stream = static_cast<cudaStream_t>(p.launch.stream);
   if (p.scoring.mask_kind == MaskKind::kBool) {
-    build_tile_plan_kernel<1><<<grid, kThreads, 0, stream>>>(p.scoring.mask, p.shape.seqlen_q, p.shape.seqlen_k, plan);
+    build_tile_plan_kernel<1><<<grid, kThreads, 0, stream>>>(p.scoring.mask, p.shape.seqlen_q, p.shape.seqlen_k,
+                                                             p.scoring.causal, plan);
   } else {
-    build_tile_plan_kernel<2><<<grid, kThreads, 0, stream>>>(p.scoring.mask, p.shape.seqlen_q, p.shape.seqlen_k, plan);
+    build_tile_plan_kernel<2><<<grid, kThreads, 0, stream>>>(p.scoring.mask, p.shape.seqlen_q, p.shape.seqlen_k,
+                                                             p.scoring.causal, plan);
   }
   return launch_status("tile plan kernel", msg, msg_len);
 }
