@@ -446,3 +446,21 @@ def test_tolerance_rule_rejects_wrong_results():
     for name, wrong in (("one element", one_element), ("scaled", scaled), ("nan", nan)):
         with pytest.raises(AssertionError, match="bf16"):
             assert_close_to_oracle(wrong, want, naive, name=f"bf16 {name}", dtype=torch.bfloat16)
+
+
+def test_the_tolerance_rule_judges_an_exactly_zero_result_against_naive_noise():
+    """A result that is 0 in exact arithmetic (dbias of a key-broadcast bias) comes out of the float64
+    oracle as rounding noise (~1e-15): the relative error is then meaningless and the comparison with
+    the naive same-dtype math decides. Exact zeros and noise within twice the naive's pass; larger
+    noise, or a wrong nonzero answer, fails."""
+    from helpers.oracle import assert_close_to_oracle
+    oracle = torch.randn(2, 3, 5, 1, dtype=F64) * 1e-15
+    naive = torch.randn(2, 3, 5, 1, dtype=F64) * 1e-2
+    assert_close_to_oracle(torch.zeros(2, 3, 5, 1), oracle, naive, name="zero", dtype=torch.bfloat16)
+    assert_close_to_oracle(naive * 1.5, oracle, naive, name="noise", dtype=torch.bfloat16)
+    with pytest.raises(AssertionError, match="max err"):
+        assert_close_to_oracle(naive * 5 + 1.0, oracle, naive, name="wrong", dtype=torch.bfloat16)
+    # a nonzero oracle keeps the relative band
+    with pytest.raises(AssertionError, match="rel err"):
+        assert_close_to_oracle(torch.ones(4) * 1.1, torch.ones(4, dtype=F64), torch.ones(4) * 1.5,
+                               name="rel", dtype=torch.bfloat16)
