@@ -74,8 +74,8 @@ def render(results: Path) -> str:
         mode = rows[0]["mode"] if rows else name
         out.append(f"### {name.capitalize()} ({meta['gpu']}, {meta['date']})\n")
         # A run of some groups says so (runs before "all_groups" was recorded ran them all).
-        groups = (f" --only {','.join(meta['groups'])}"
-                  if set(meta.get("groups", ())) != set(meta.get("all_groups", meta.get("groups", ()))) else "")
+        partial = "all_groups" in meta and set(meta["groups"]) != set(meta["all_groups"])
+        groups = f" --only {','.join(meta['groups'])}" if partial else ""
         out.append(f"`python benchmarks/{name}_performance.py{' --quick' if meta.get('quick') else ''}{groups}` at "
                    f"commit `{meta['commit'][:12]}`, torch {meta['torch']}, CUDA {meta['cuda']}, driver {meta['driver']}. "
                    f"Median GPU time in ms over rotated inputs; full figures (TFLOP/s on kept pairs and on "

@@ -45,9 +45,10 @@ fi
 
 names=()
 declare -A src flags
+is_wheel() { [ "${1#wheel:}" != "$1" ]; }  # a variant given as wheel:PATH
 for arg in "$@"; do
   name=${arg%%=*}; rest=${arg#*=}
-  if [ "${rest#wheel:}" != "$rest" ]; then
+  if is_wheel "$rest"; then
     src[$name]=$rest; flags[$name]=""
   else
     src[$name]=${rest%%:*}
@@ -64,7 +65,7 @@ for name in "${names[@]}"; do
   kernels=${!kernels_var:-${AB_KERNELS:-sm90:fwd:bf16:64;sm90:fwd:bf16:128}}
   (
     rm -rf "$SCRATCH/$name/site"
-    if [ "${src[$name]#wheel:}" != "${src[$name]}" ]; then
+    if is_wheel "${src[$name]}"; then
       $PY -m pip install -q --no-deps --no-index --target "$SCRATCH/$name/site" "${src[$name]#wheel:}" \
         > "$SCRATCH/$name.build.log" 2>&1
       echo "$name: installed ${src[$name]#wheel:}, rc $?"
@@ -93,7 +94,7 @@ for name in "${names[@]}"; do
   if [ "$tests" != skip ]; then
     step "$name: tests"
     tree=${src[$name]}
-    [ "${tree#wheel:}" != "$tree" ] && tree=.
+    is_wheel "$tree" && tree=.
     (cd "$tree" && PYTHONPATH=$SCRATCH/$name/site $PY -m pytest $tests \
       -p no:cacheprovider 2>&1 | tail -15 | tee "$RESULTS/$name.tests.txt")
   fi

@@ -125,10 +125,11 @@ def assert_close_to_oracle(
     diff = (a - o)[finite]
     ref_norm = o[finite].norm().item()
     err_norm = diff.norm().item()
-    zero_oracle = _finite_max_abs(o) <= ZERO_ORACLE
+    oracle_max = _finite_max_abs(o)
+    zero_oracle = oracle_max <= ZERO_ORACLE
     rel_err = err_norm / ref_norm if not zero_oracle else err_norm  # absolute, for the record
     max_err = diff.abs().max().item() if diff.numel() else 0.0
-    ref_max = 1.0 if zero_oracle else _finite_max_abs(o)  # a zero oracle: errors count as absolute
+    ref_max = 1.0 if zero_oracle else oracle_max  # a zero oracle: errors count as absolute
     if naive is None:
         naive_err = float("nan")
         allowed = BANDS[dtype] * ref_max
