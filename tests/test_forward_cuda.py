@@ -318,6 +318,85 @@ def test_per_query_plan_stops_at_the_causal_limit(Q, K):
     check_tensors(q, k, v, mask, None, causal=True, name=f"causal per-query plan Q={Q} K={K}")
 
 
+def expected_plan(mask, Q, K, causal):
+    """What the plan builder must find for a per-query mask (Bm, Hm, Q, K or 1), computed here
+    independently: per (b, h, 128-row query tile) the ascending lists of full and partial 64-key
+    tiles, judged by the entries the tile's rows can see (all of them without causal)."""
+    m = mask.cpu().bool().expand(*mask.shape[:3], K)
+    i = torch.arange(Q)[:, None]
+    j = torch.arange(K)[None, :]
+    visible = j <= i + (K - Q) if causal else torch.ones(Q, K, dtype=torch.bool)
+    lists = {}
+    for b, h, qt in itertools.product(range(m.shape[0]), range(m.shape[1]), range(-(-Q // 128))):
+        full, partial = [], []
+        for kt in range(-(-K // 64)):
+            rows, cols = slice(qt * 128, qt * 128 + 128), slice(kt * 64, kt * 64 + 64)
+            seen, kept = visible[rows, cols], m[b, h, rows, cols]
+            if not (kept & seen).any():
+                continue
+            (full if bool(kept[seen].all()) else partial).append(kt)
+        lists[b, h, qt] = (full, partial)
+    return lists
+
+
+def planned_lists(mask, q, k, v, causal):
+    """Runs the forward with a caller-held plan and reads its two lists back (tile_plan.h's layout:
+    per row [n_full, n_partial, full..., (free), ..., partial_1, partial_0])."""
+    B, Q, H, D = q.shape
+    K = k.shape[1]
+    nbytes = cuda_backend.plan_bytes(mask, Q, K)
+    plan = torch.full((nbytes,), 0xFF, dtype=torch.uint8, device="cuda")
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((B, H, Q), float("nan"), device="cuda")
+    cuda_backend.fwd(q, k, v, mask, None, out, lse, D ** -0.5, causal, 0.0, plan)
+    k_tiles = -(-K // 64)
+    rows = plan.view(torch.int32).cpu().view(mask.shape[0], mask.shape[1], -(-Q // 128), k_tiles + 2)
+    lists = {}
+    for b, h, qt in itertools.product(*(range(n) for n in rows.shape[:3])):
+        r = rows[b, h, qt].tolist()
+        n_full, n_partial = r[0], r[1]
+        lists[b, h, qt] = (r[2:2 + n_full], [r[2 + k_tiles - 1 - t] for t in range(n_partial)])
+    return lists
+
+
+@pytest.mark.parametrize("Q,K", [(512, 512), (300, 700), (700, 300), (200, 333)])
+@pytest.mark.parametrize("form", ["causal-and", "diagonal-drop", "blocks", "key-broadcast"])
+def test_plan_judges_tiles_the_diagonal_crosses_by_their_visible_entries(form, Q, K):
+    """Under causal a tile the diagonal crosses is classified by what its rows can see: a mask
+    already ANDed with causal (the usual form of a top-k mask) gives full tiles, which run without
+    mask work, while one dropped visible entry, on the diagonal itself, makes its tile partial and
+    kept entries past the diagonal change nothing. The plan read back must equal the one computed
+    here, and the outputs the oracle's. Sizes: square, Q < K, Q > K (first tiles see nothing), and
+    rows that break 16-byte vectors (K = 333: the element path)."""
+    B, H, D = 1, 2, 64
+    require_kernels(torch.bfloat16, D)
+    q = torch.randn(B, Q, H, D, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(B, K, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    causal_keep = torch.ones(Q, K, dtype=torch.bool).tril(K - Q)
+    if form == "causal-and":
+        mask = causal_keep.expand(B, H, Q, K).clone()
+    elif form == "diagonal-drop":
+        mask = torch.ones(B, H, Q, K, dtype=torch.bool)  # kept also past the diagonal
+        rows = torch.arange(100, Q, 128)
+        cols = rows + K - Q
+        ok = (cols >= 0) & (cols < K)
+        mask[:, 0, rows[ok], cols[ok]] = False  # head 0: one visible entry dropped per query tile
+    elif form == "blocks":
+        mask = block_mask(B, H, Q, K, seed=15).cpu() & causal_keep
+    else:
+        mask = torch.rand(B, H, Q, 1) < 0.6
+    mask = mask.cuda()
+    got = planned_lists(mask, q, k, v, causal=True)
+    want = expected_plan(mask, Q, K, causal=True)
+    assert got == want, f"{form} Q={Q} K={K}: plan lists differ"
+    partial_heads = {h for (b, h, qt), (_, partial) in want.items() if partial}
+    if form == "causal-and":
+        assert not partial_heads, "a causal-ANDed mask has no partial tile"
+    elif form == "diagonal-drop":
+        assert partial_heads == {0}, "only head 0 drops visible entries"
+    check_tensors(q, k, v, mask, None, causal=True, name=f"diagonal {form} Q={Q} K={K}")
+
+
 @pytest.mark.parametrize("D", [32, 64, 96, 128, 192, 256])
 @pytest.mark.parametrize("Q", [1, 7, 16])
 def test_decode_tile_every_head_dim_bucket(Q, D):

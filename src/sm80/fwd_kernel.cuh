@@ -158,7 +158,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) fwd_kernel(const __grid_constan
 
   // Plan tiles this query tile may touch: up to its last row's causal limit and the sequence end.
   int kv_end = s.seqlen_k;
-  if (sc.causal) kv_end = min(kv_end, min(row0 + kTileQ, s.seqlen_q) + diag);
+  if (sc.causal) kv_end = causal_key_end(row0, kTileQ, s.seqlen_q, s.seqlen_k);
   const int kv_tiles = kv_end > 0 ? (kv_end + kPlanTileKV - 1) / kPlanTileKV : 0;
 
   // The schedule, two ascending lists of key tiles (tile_plan.h): the fully kept ones, walked with

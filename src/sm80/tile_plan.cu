@@ -1,6 +1,8 @@
 // tile_plan.cu: builds the forward kernel's tile plan (tile_plan.h) in one pass over the keep-mask;
 // under causal, over the part of it a query tile can see: a per-query row then also leaves out the
-// key tiles past its query tile's causal limit, which no kernel walks (each cuts its lists there).
+// key tiles past its query tile's causal limit, which no kernel walks (each cuts its lists there),
+// and judges the tiles the diagonal crosses by their visible entries only (a mask already ANDed
+// with causal makes them full, so they run without mask work; the kernels apply causal anyway).
 // One CTA per (mask batch, mask head, query tile): each warp classifies key tiles (empty, partial,
 // full) with 16-byte loads where the mask allows them, stopping as soon as a tile is known to be
 // partial, then warp 0 compacts the full and the partial tiles, in order, into the plan row's two lists.
@@ -23,19 +25,25 @@ struct Bits {
 };
 
 // Zero tests on a 16-byte chunk of mask elements (bool bytes, or fp16/bf16 0/1 whose sign bit is
-// ignored so -0 counts as 0).
+// ignored so -0 counts as 0). Only the first `visible` elements count (the rest lie past the causal
+// limit): they read as kept for `all` and as zero for `any`.
 template <int kElemBytes>
-__device__ __forceinline__ void classify_chunk(uint4 v, Bits& bits) {
+__device__ __forceinline__ void classify_chunk(uint4 v, Bits& bits, int visible = 16 / kElemBytes) {
+  constexpr int kPerWord = 4 / kElemBytes;
+  constexpr uint32_t kOnes = kElemBytes == 1 ? 0x01010101u : 0x00010001u;
   const uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    uint32_t x = w[i];
+    const int n = min(max(visible - i * kPerWord, 0), kPerWord);  // visible elements of this word
+    const uint32_t seen = n == kPerWord ? 0xffffffffu : (1u << (8 * kElemBytes * n)) - 1u;
+    uint32_t x = w[i] & seen;
+    if constexpr (kElemBytes == 2) x &= 0x7fff7fffu;
+    const uint32_t y = x | (kOnes & ~seen);  // unseen elements count as kept
     bool has_zero;
     if constexpr (kElemBytes == 1) {
-      has_zero = ((x - 0x01010101u) & ~x & 0x80808080u) != 0;
+      has_zero = ((y - 0x01010101u) & ~y & 0x80808080u) != 0;
     } else {
-      x &= 0x7fff7fffu;
-      has_zero = ((x - 0x00010001u) & ~x & 0x80008000u) != 0;
+      has_zero = ((y - 0x00010001u) & ~y & 0x80008000u) != 0;
     }
     bits.any |= x != 0;
     bits.all &= !has_zero;
@@ -48,32 +56,42 @@ __device__ __forceinline__ bool element_kept(const char* p) {
   else return (*reinterpret_cast<const uint16_t*>(p) & 0x7fffu) != 0;
 }
 
-// Elements i = first, first + step, ... < rows * cols of a (rows x cols) tile, one at a time.
+// Elements i = first, first + step, ... < rows * cols of a (rows x cols) tile, one at a time; row r
+// sees columns c <= last_col + r (kNoLimit: all).
+constexpr int kNoLimit = 1 << 30;
+
 template <int kElemBytes>
 __device__ __forceinline__ void classify_elements(const char* tile, int64_t row_bytes, int rows, int cols, int first,
-                                                  int step, Bits& bits) {
+                                                  int step, Bits& bits, int last_col = kNoLimit) {
   for (int i = first; i < rows * cols; i += step) {
-    const bool kept = element_kept<kElemBytes>(tile + (i / cols) * row_bytes + int64_t(i % cols) * kElemBytes);
+    const int r = i / cols, c = i % cols;
+    if (c > last_col + r) continue;
+    const bool kept = element_kept<kElemBytes>(tile + r * row_bytes + int64_t(c) * kElemBytes);
     bits.any |= kept;
     bits.all &= kept;
   }
 }
 
-// The state of one (rows x cols) mask tile, classified by one warp: 0 empty, 1 partial, 2 full.
+// The state of one (rows x cols) mask tile, classified by one warp: 0 empty, 1 partial, 2 full, over
+// the entries each row sees (row r: columns <= last_col + r; the causal limit).
 template <int kElemBytes>
-__device__ int tile_state(const char* tile, int64_t row_bytes, int rows, int cols, bool vector_ok, int lane) {
+__device__ int tile_state(const char* tile, int64_t row_bytes, int rows, int cols, bool vector_ok, int lane,
+                          int last_col) {
   Bits bits;
   if (vector_ok && cols == kPlanTileKV) {
-    constexpr int kChunks = kPlanTileKV * kElemBytes / 16;  // per row
-    constexpr int kGroup = 4;                               // loads in flight per lane
+    constexpr int kPerChunk = 16 / kElemBytes;
+    constexpr int kChunks = kPlanTileKV / kPerChunk;  // per row
+    constexpr int kGroup = 4;                         // loads in flight per lane
     const int n = rows * kChunks;
     for (int i0 = 0; i0 < n; i0 += 32 * kGroup) {
 #pragma unroll
       for (int u = 0; u < kGroup; ++u) {
         const int i = i0 + u * 32 + lane;
-        if (i < n) {
-          const uint4 v = __ldg(reinterpret_cast<const uint4*>(tile + (i / kChunks) * row_bytes + (i % kChunks) * 16));
-          classify_chunk<kElemBytes>(v, bits);
+        const int r = i / kChunks, c = (i % kChunks) * kPerChunk;
+        const int visible = min(max(last_col + r - c + 1, 0), kPerChunk);
+        if (i < n && visible > 0) {
+          const uint4 v = __ldg(reinterpret_cast<const uint4*>(tile + r * row_bytes + c * kElemBytes));
+          classify_chunk<kElemBytes>(v, bits, visible);
         }
       }
       // A tile seen to keep some and drop some is partial whatever the rest holds: stop reading it.
@@ -82,7 +100,7 @@ __device__ int tile_state(const char* tile, int64_t row_bytes, int rows, int col
       if (__any_sync(0xffffffffu, bits.any) && !__all_sync(0xffffffffu, bits.all)) return 1;
     }
   } else {
-    classify_elements<kElemBytes>(tile, row_bytes, rows, cols, lane, 32, bits);
+    classify_elements<kElemBytes>(tile, row_bytes, rows, cols, lane, 32, bits, last_col);
   }
   const bool any = __any_sync(0xffffffffu, bits.any);
   const bool all = __all_sync(0xffffffffu, bits.all);
@@ -145,10 +163,14 @@ __global__ void __launch_bounds__(kThreads) build_tile_plan_kernel(const ScoreVi
   // Under causal a per-query tile's rows see no key past its last row's limit (bottom-right), so
   // the tiles beyond are left out unread: half of a square causal mask's bytes. A per-key row serves
   // every query tile and is read whole.
-  int k_tiles = plan.k_tiles;
+  // Key tiles below `seen_whole` are seen whole by every row; the ones above it, up to the cut, are
+  // crossed by the diagonal and classified over the entries their rows see.
+  int k_tiles = plan.k_tiles, seen_whole = plan.k_tiles;
+  const int diag = seqlen_k - seqlen_q;  // row i sees key j iff j <= i + diag
   if (causal && per_query) {
-    const int kv_end = min(seqlen_k, min(row0 + kPlanTileQ, seqlen_q) + seqlen_k - seqlen_q);
+    const int kv_end = causal_key_end(row0, kPlanTileQ, seqlen_q, seqlen_k);
     k_tiles = kv_end > 0 ? min(k_tiles, (kv_end + kPlanTileKV - 1) / kPlanTileKV) : 0;
+    seen_whole = min(k_tiles, max(row0 + diag + 1, 0) / kPlanTileKV);
   }
   int n_full = 0, n_partial = 0;  // warp 0's running counts
   for (int chunk0 = 0; chunk0 < k_tiles; chunk0 += kChunkTiles) {
@@ -157,7 +179,7 @@ __global__ void __launch_bounds__(kThreads) build_tile_plan_kernel(const ScoreVi
     constexpr int kGroupTiles = TileGroup<kElemBytes>::kGroupTiles, kChunks = TileGroup<kElemBytes>::kChunks;
     int grouped = 0;
     if (vector_ok && per_query) {
-      const int full_tiles = min(chunk_tiles, (seqlen_k - chunk0 * kPlanTileKV) / kPlanTileKV);
+      const int full_tiles = max(0, min(min(chunk_tiles, seen_whole - chunk0), (seqlen_k - chunk0 * kPlanTileKV) / kPlanTileKV));
       grouped = full_tiles / kGroupTiles * kGroupTiles;
       for (int g = warp * kGroupTiles; g < grouped; g += kWarps * kGroupTiles) {
         const char* group = base + int64_t(chunk0 + g) * kPlanTileKV * kElemBytes;
@@ -188,7 +210,8 @@ __global__ void __launch_bounds__(kThreads) build_tile_plan_kernel(const ScoreVi
       const int col0 = (chunk0 + t) * kPlanTileKV;
       const int cols = per_key ? min(kPlanTileKV, seqlen_k - col0) : 1;
       const char* tile = base + (per_key ? int64_t(col0) * kElemBytes : 0);
-      const int state = tile_state<kElemBytes>(tile, row_bytes, rows, cols, vector_ok, lane);
+      const int last_col = chunk0 + t < seen_whole ? kNoLimit : row0 + diag - col0;  // row 0's last key in the tile
+      const int state = tile_state<kElemBytes>(tile, row_bytes, rows, cols, vector_ok, lane, last_col);
       if (lane == 0) states[t] = static_cast<uint8_t>(state);
     }
     __syncthreads();

@@ -4,9 +4,10 @@
 //   [n_full, n_partial, full_0, full_1, ..., (free), ..., partial_1, partial_0]
 // the fully kept tiles from the front of the row's k_tiles slots, the partly kept ones from its back
 // (partial j at slot k_tiles - 1 - j), so both are written in one pass without knowing either count.
-// Key tiles with nothing kept are absent. The kernel walks the full tiles with no per-element mask
-// work and the partial ones with it. A mask broadcast over queries (Q axis of size 1) has one query
-// tile, built in O(K).
+// Key tiles with nothing kept are absent; under causal only the entries a query can see count (a
+// tile the diagonal crosses is full when everything visible in it is kept). The kernel walks the
+// full tiles with no per-element mask work and the partial ones with it. A mask broadcast over
+// queries (Q axis of size 1) has one query tile, built in O(K).
 // Built by build_tile_plan (one pass over the mask); the same tile shape for every head dim, so the
 // plan does not depend on which kernel reads it.
 #pragma once
@@ -37,6 +38,13 @@ struct TilePlan {
     return rows + ((int64_t(mb) * heads + mh) * q_tiles + mq) * row_len();
   }
 };
+
+// Under causal (aligned bottom-right), one past the last key any of the query rows [row0, row0 +
+// rows) sees (<= 0: none). The plan builder cuts a per-query row there and every kernel its lists, so
+// the two must agree.
+__host__ __device__ __forceinline__ int causal_key_end(int row0, int rows, int seqlen_q, int seqlen_k) {
+  return min(seqlen_k, min(row0 + rows, seqlen_q) + seqlen_k - seqlen_q);
+}
 
 // The number of entries of an ascending list (at(j), j < n) below `limit`.
 template <class At>
