@@ -10,7 +10,7 @@ CUDA kernel of the last repetition (torch.profiler), for a first look without Ns
 
 Under Nsight Compute, for the forward kernel's stall reasons and pipe utilization:
 
-  ncu --set full -k regex:fwd_kernel -c 1 -o fwd python benchmarks/profile_attention.py --D 128
+  ncu --clock-control none --set full -k regex:fwd_kernel -c 1 -o fwd python benchmarks/profile_attention.py --D 128
 
 --system sdpa-flash runs PyTorch SDPA's flash backend on the same dense problem instead (no mask or
 bias), so a profiler can compare its kernels with ours (ncu -k regex:flash_bwd ...).

@@ -17,13 +17,16 @@
 #               AB_KERNELS_<NAME> overrides it
 #   AB_TESTS    pytest arguments run against every variant (default: tests/test_forward_cuda.py -q -x);
 #               "skip" runs none; per variant AB_TESTS_<NAME> overrides it
-#   AB_GROUPS   forward_performance.py groups (default dense,bias)
-#   AB_SIZES    quick (default: forward_performance.py --quick) or full
-#   AB_SKIP     peers the benchmark leaves out (forward_performance.py --skip, e.g. flex,sdpa-mask)
+#   AB_BENCH    which performance script: forward (default, benchmarks/forward_performance.py) or
+#               backward (benchmarks/backward_performance.py)
+#   AB_GROUPS   that script's groups (default dense,bias)
+#   AB_SIZES    quick (default: the script's --quick) or full
+#   AB_SKIP     peers the benchmark leaves out (the script's --skip, e.g. flex,sdpa-mask)
 #   AB_TABLE    ';'-separated argument sets of benchmarks/profile_attention.py --table (each kernel's
 #               time in one call, torch.profiler) run for every variant
-#   AB_PROFILE  a variant name: Nsight Compute on its forward kernel (benchmarks/profile_attention.py), once
-#               per ';'-separated argument set in AB_PROFILE_ARGS (default "--D 128")
+#   AB_PROFILE  a variant name: Nsight Compute on one of its kernels (benchmarks/profile_attention.py), once
+#               per ';'-separated argument set in AB_PROFILE_ARGS (default "--D 128"); AB_PROFILE_KERNEL
+#               names the kernel (default fwd_kernel; bwd_kernel with --backward in the arguments)
 # Results (logs, one table per variant) go to ${OUT:-./gpu-ab}.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -99,8 +102,9 @@ for name in "${names[@]}"; do
       -p no:cacheprovider 2>&1 | tail -15 | tee "$RESULTS/$name.tests.txt")
   fi
   quick=$([ "${AB_SIZES:-quick}" = quick ] && echo --quick)
-  step "$name: forward_performance $quick --only ${AB_GROUPS:-dense,bias}"
-  PYTHONPATH=$SCRATCH/$name/site $PY benchmarks/forward_performance.py $quick --only "${AB_GROUPS:-dense,bias}" \
+  bench=${AB_BENCH:-forward}_performance
+  step "$name: $bench $quick --only ${AB_GROUPS:-dense,bias}"
+  PYTHONPATH=$SCRATCH/$name/site $PY benchmarks/$bench.py $quick --only "${AB_GROUPS:-dense,bias}" \
     ${AB_SKIP:+--skip "$AB_SKIP"} --out "$SCRATCH/$name.bench" > "$RESULTS/$name.bench.txt" 2>&1
   grep -vE "^\s*\[|^$" "$RESULTS/$name.bench.txt" | tail -20
   if [ -n "${AB_TABLE:-}" ]; then
@@ -117,8 +121,8 @@ if [ -n "${AB_PROFILE:-}" ] && command -v ncu > /dev/null; then
   IFS=';' read -ra configs <<< "${AB_PROFILE_ARGS:---D 128}"
   for args in "${configs[@]}"; do
     step "${AB_PROFILE}: ncu, profile_attention.py $args"
-    PYTHONPATH=$SCRATCH/${AB_PROFILE}/site ncu --section SpeedOfLight --section Occupancy --section WarpStateStats \
-      --section InstructionStats -k regex:fwd_kernel -c 1 $PY benchmarks/profile_attention.py $args --reps 1 \
+    PYTHONPATH=$SCRATCH/${AB_PROFILE}/site ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats \
+      --section InstructionStats -k "regex:${AB_PROFILE_KERNEL:-fwd_kernel}" -c 1 $PY benchmarks/profile_attention.py $args --reps 1 \
       >> "$RESULTS/${AB_PROFILE}.ncu.txt" 2>&1
     grep -E "Duration|Issued Instructions  |Warp Cycles Per Issued|Local" "$RESULTS/${AB_PROFILE}.ncu.txt" | tail -4
   done

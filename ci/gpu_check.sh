@@ -113,7 +113,7 @@ bench_peers backward "${GPU_CHECK_BACKWARD:-quick}"
 if [ "${GPU_CHECK_PROFILE:-0}" = 1 ]; then
   step "profile: ncu on the forward kernel"
   if command -v ncu > /dev/null; then
-    ncu --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
+    ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
       -k regex:fwd_kernel -c 1 $PY benchmarks/profile_attention.py --D 128 --reps 1 > "$SCRATCH/profile.txt" 2>&1
     tail -80 "$SCRATCH/profile.txt"
   else
