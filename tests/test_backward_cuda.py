@@ -104,12 +104,21 @@ def test_every_bias_broadcast_form_gives_dbias_in_its_own_shape():
         run_case(B, Q, K, H, H_kv, D, bias_shape=shape, mask_shape=(B, 1, Q, K), causal=True, name=f"bias {shape}")
 
 
-def test_every_bias_broadcast_form_without_a_mask():
-    """Unmasked calls walk wider key columns on some GPUs (bwd_tile_kv: 128 keys on sm90/sm100), with
-    their own per-key dbias sums and slot sizes: every dbias form again, there."""
-    B, Q, K, H, H_kv, D = 2, 77, 131, 4, 2, 64
+@pytest.mark.parametrize("D", [64, 128])
+def test_every_bias_broadcast_form_without_a_mask(D):
+    """Unmasked calls walk wider key columns on some GPUs (bwd_tile_kv: 128 keys on sm90/sm100, D=128
+    with a bias too), with their own per-key dbias sums and slot sizes: every dbias form again, there."""
+    B, Q, K, H, H_kv = 2, 77, 131, 4, 2
     for shape in broadcast_forms(B, H, H_kv, Q, K):
-        run_case(B, Q, K, H, H_kv, D, bias_shape=shape, causal=True, name=f"unmasked bias {shape}")
+        run_case(B, Q, K, H, H_kv, D, bias_shape=shape, causal=True, name=f"unmasked bias {shape} D={D}")
+
+
+@pytest.mark.parametrize("D", [64, 128])
+def test_softcap_with_bias_without_a_mask(D):
+    """The general (softcap) kernel on unmasked columns: tanh of every score is kept from P^T to dS^T
+    for its chain factor."""
+    run_case(1, 200, 260, 4, 2, D, bias_shape=(1, 4, 200, 260), softcap=5.0, causal=True,
+             name=f"unmasked softcap D={D}")
 
 
 @pytest.mark.parametrize("D,bias", [(32, True), (72, False), (96, False), (128, False), (128, True)])
@@ -236,12 +245,12 @@ def test_few_busy_key_tiles_split_over_many_ctas(per_query_mask, causal):
     assert not dk[:, dropped].any() and not dv[:, dropped].any() and not dbias[..., dropped].any()
 
 
-@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("masked,D", [(True, 64), (False, 64), (False, 128)])
 @pytest.mark.parametrize("bias_shape", [(1, 1, 200, 260), (2, 4, 1, 260), (2, 1, 200, 1), (2, 4, 200, 260)])
-def test_deterministic_mode_is_bitwise_reproducible(bias_shape, masked):
+def test_deterministic_mode_is_bitwise_reproducible(bias_shape, masked, D):
     """deterministic=True: dq (key tiles add in order) and dbias (sums across CTAs in order) come out
     bitwise equal run to run, and still match the reference."""
-    B, Q, K, H, H_kv, D = 2, 200, 260, 4, 2, 64
+    B, Q, K, H, H_kv = 2, 200, 260, 4, 2
     require_kernels(torch.bfloat16, D, "fwd", "bwd")
     inp = rand_inputs(B, Q, K, H, H_kv, D, dtype=torch.bfloat16, mask_shape=(B, 1, Q, K) if masked else None,
                       bias_shape=bias_shape)

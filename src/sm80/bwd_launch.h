@@ -31,18 +31,21 @@ constexpr int kBwdTileQ = 64;  // query rows per step of the main loop (half a p
 // Keys per column (the CTA's key tile). 128 halves the loads of Q and dO, the dQ additions and the
 // shared-memory reads per product of a 64-key tile (its warp tiles are twice as tall; on an H100
 // the dense backward ran 1.4-1.5x faster), but:
-//   - it holds 128 x D of dK and dV in registers: ptxas (sm_90a) spills 4 bytes at D = 64 and
-//     132 at D = 128, which still pays, but 224 at D = 128 with a bias, which ate the whole gain;
+//   - it holds 128 x D of dK and dV in registers: ptxas (sm_90a) spills 132 bytes at D = 128,
+//     which still pays; with a bias 224 bytes ate the whole gain until the bias variant computed
+//     dP^T only after staging P^T (kScoresApart in bwd_kernel.cuh): 256 bytes of spill now, and
+//     the per-key bias backward 1.43x -> 1.15x dense causal on an H200;
 //   - with a mask, a column of two plan tiles is walked where either is kept, so a sparse mask of
 //     scattered 64-key blocks would cost up to twice its work: masked calls keep one plan tile;
 //   - it takes up to ~180 KB of shared memory (D = 128), more than sm80 (163 KB on A100, 99 KB on
 //     sm86/89) or sm120 (99 KB) GPUs allow a block.
-// So families whose GPUs allow a block 227 KB (sm90, sm100) take it without a mask, for D <= 64, and
-// for D = 128 without a bias; the rest keep one plan tile. The family library is compiled with its
+// So families whose GPUs allow a block 227 KB (sm90, sm100) take it without a mask (D <= 128); the
+// rest keep one plan tile. The family library is compiled with its
 // DMATTN_FAMILY_SM.
 constexpr int bwd_tile_kv(int head_dim_bucket, bool has_mask, bool has_bias) {
 #if defined(DMATTN_FAMILY_SM) && (DMATTN_FAMILY_SM == 90 || DMATTN_FAMILY_SM == 100)
-  return !has_mask && (head_dim_bucket <= 64 || (head_dim_bucket <= 128 && !has_bias)) ? 128 : kPlanTileKV;
+  (void)has_bias;  // the bias no longer decides (kept in the signature: other families may need it)
+  return !has_mask && head_dim_bucket <= 128 ? 128 : kPlanTileKV;
 #else
   (void)head_dim_bucket;
   (void)has_mask;
