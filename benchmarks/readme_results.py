@@ -72,7 +72,8 @@ def render(results: Path) -> str:
         data = json.loads(path.read_text())
         meta, rows = data["meta"], data["rows"]
         mode = rows[0]["mode"] if rows else name
-        out.append(f"### {name.capitalize()} ({meta['gpu']}, {meta['date']})\n")
+        # The commit too: one day on one GPU can hold several runs.
+        out.append(f"### {name.capitalize()} ({meta['gpu']}, {meta['date']}, {meta['commit'][:7]})\n")
         # A run of some groups says so (runs before "all_groups" was recorded ran them all).
         partial = "all_groups" in meta and set(meta["groups"]) != set(meta["all_groups"])
         groups = f" --only {','.join(meta['groups'])}" if partial else ""
