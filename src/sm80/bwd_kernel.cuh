@@ -49,6 +49,9 @@ struct BwdConfig {
   // queries dV's product sums over, so P^T and dS^T go through shared memory.
   static constexpr int kWarps = 8;
   static constexpr int kThreads = kWarps * 32;
+  // CTAs an SM should hold: two where the accumulators are small (64 x 64 keys x D <= 64: dK, dV,
+  // S^T and dP^T take 64 floats per thread), so a latency-bound step has 16 warps to switch between.
+  static constexpr int kMinBlocks = kHeadDim <= 64 && kTileKV == 64 ? 2 : 1;
   static_assert(kHeadDim % 32 == 0 && kHeadDim <= 128, "the config serves D <= 128");
   static_assert(kTileKV == 64 || kTileKV == 128, "whole 64-row warp-layout repeats");
 
@@ -133,7 +136,7 @@ __device__ __forceinline__ void pass_turn(int32_t* turn) {
 }
 
 template <class Cfg, bool kHasMask, bool kHasBias, bool kGeneralScores>
-__global__ void __launch_bounds__(Cfg::kThreads, 1) bwd_kernel(const __grid_constant__ BwdParams params) {
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) bwd_kernel(const __grid_constant__ BwdParams params) {
   using Element = typename Cfg::Element;
   constexpr int kTileQ = Cfg::kTileQ, kTileKV = Cfg::kTileKV, kHeadDim = Cfg::kHeadDim;
   constexpr float kLog2e = 1.4426950408889634f;
