@@ -93,8 +93,10 @@ def main() -> None:
         rows["torch.empty_like(q) + torch.empty(lse)"] = per_call_us(
             lambda: (torch.empty_like(q), torch.empty(B, H, L, device=dev, dtype=torch.float32)), args.iters)
     qg = q.clone().requires_grad_(True)
-    rows["public flash_dmattn_func, q requires grad (autograd op)"] = per_call_us(swallow(
+    rows["public flash_dmattn_func, q requires grad (eager autograd)"] = per_call_us(swallow(
         lambda: flash_dmattn.flash_dmattn_func(q=qg, k=k, v=v, attn_mask=mask, attn_bias=bias), *exc), args.iters)
+    rows["op torch.ops.flash_dmattn.fwd, q requires grad (registered autograd)"] = per_call_us(swallow(
+        lambda: torch.ops.flash_dmattn.fwd(qg, k, v, mask, bias, scale, False, 0.0, False), *exc), args.iters)
     bwd_missing = "bwd:bf16:64" not in "\n".join(cuda_backend.info()["kernels"])
     if not kernel_missing and not bwd_missing:
         kg, vg, bg = (t.clone().requires_grad_(True) for t in (k, v, bias))
@@ -103,7 +105,12 @@ def main() -> None:
         def forward_backward():
             o = flash_dmattn.flash_dmattn_func(q=qg, k=kg, v=vg, attn_mask=mask, attn_bias=bg)
             torch.autograd.grad(o, (qg, kg, vg, bg), dout)
-        rows["forward + backward, q, k, v, bias require grad (autograd)"] = per_call_us(forward_backward, args.iters)
+        rows["forward + backward, q, k, v, bias require grad (eager autograd)"] = per_call_us(forward_backward, args.iters)
+
+        def forward_backward_op():
+            o = torch.ops.flash_dmattn.fwd(qg, kg, vg, mask, bg, scale, False, 0.0, False)[0]
+            torch.autograd.grad(o, (qg, kg, vg, bg), dout)
+        rows["forward + backward through the op (registered autograd)"] = per_call_us(forward_backward_op, args.iters)
         rows["op torch.ops.flash_dmattn.bwd (dispatcher)"] = per_call_us(
             lambda: torch.ops.flash_dmattn.bwd(dout, q, k, v, mask, bias, out, lse, scale, False, 0.0, False, True),
             args.iters)

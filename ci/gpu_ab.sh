@@ -24,6 +24,8 @@
 #   AB_SKIP     peers the benchmark leaves out (the script's --skip, e.g. flex,sdpa-mask)
 #   AB_TABLE    ';'-separated argument sets of benchmarks/profile_attention.py --table (each kernel's
 #               time in one call, torch.profiler) run for every variant
+#   AB_HOST     a variant name: benchmarks/profile_host.py (where a forward + backward call's host time
+#               goes) with the arguments in AB_HOST_ARGS (default: its sparse row)
 #   AB_PROFILE  a variant name: Nsight Compute on one of its kernels (benchmarks/profile_attention.py), once
 #               per ';'-separated argument set in AB_PROFILE_ARGS (default "--D 128"); AB_PROFILE_KERNEL
 #               names the kernel (default fwd_kernel; bwd_kernel with --backward in the arguments)
@@ -62,7 +64,10 @@ done
 
 # Builds in parallel, the machine's cores shared between them.
 step "build ${names[*]}"
-jobs_each=$(( ($(nproc) + ${#names[@]} - 1) / ${#names[@]} ))
+builds=0  # variants compiled here (wheels are only installed)
+for name in "${names[@]}"; do is_wheel "${src[$name]}" || builds=$((builds + 1)); done
+[ $builds -gt 0 ] || builds=1
+jobs_each=$(( ($(nproc) + builds - 1) / builds ))
 for name in "${names[@]}"; do
   kernels_var="AB_KERNELS_${name//-/_}"
   kernels=${!kernels_var:-${AB_KERNELS:-sm90:fwd:bf16:64;sm90:fwd:bf16:128}}
@@ -117,12 +122,18 @@ for name in "${names[@]}"; do
   fi
 done
 
+if [ -n "${AB_HOST:-}" ]; then
+  step "${AB_HOST}: host time, profile_host.py ${AB_HOST_ARGS:-}"
+  PYTHONPATH=$SCRATCH/${AB_HOST}/site $PY benchmarks/profile_host.py ${AB_HOST_ARGS:-} > "$RESULTS/${AB_HOST}.host.txt" 2>&1
+  head -3 "$RESULTS/${AB_HOST}.host.txt"
+fi
+
 if [ -n "${AB_PROFILE:-}" ] && command -v ncu > /dev/null; then
   IFS=';' read -ra configs <<< "${AB_PROFILE_ARGS:---D 128}"
   for args in "${configs[@]}"; do
     step "${AB_PROFILE}: ncu, profile_attention.py $args"
-    PYTHONPATH=$SCRATCH/${AB_PROFILE}/site ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats \
-      --section InstructionStats -k "regex:${AB_PROFILE_KERNEL:-fwd_kernel}" -c 1 $PY benchmarks/profile_attention.py $args --reps 1 \
+    PYTHONPATH=$SCRATCH/${AB_PROFILE}/site ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
+      --section InstructionStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis -k "regex:${AB_PROFILE_KERNEL:-fwd_kernel}" -c 1 $PY benchmarks/profile_attention.py $args --reps 1 \
       >> "$RESULTS/${AB_PROFILE}.ncu.txt" 2>&1
     grep -E "Duration|Issued Instructions  |Warp Cycles Per Issued|Local" "$RESULTS/${AB_PROFILE}.ncu.txt" | tail -4
   done

@@ -44,8 +44,8 @@ def test_eager_and_dispatcher_paths_agree():
     bias = torch.randn(2, 4, 1, 47, device="cuda", dtype=torch.bfloat16)
     kw = dict(attn_mask=mask, attn_bias=bias, is_causal=True, return_lse=True)
     eager = outcome(lambda: flash_dmattn.flash_dmattn_func(q, k, v, **kw))
-    qg = q.clone().requires_grad_(True)  # forces the dispatcher (autograd) path
-    dispatched = outcome(lambda: flash_dmattn.flash_dmattn_func(qg, k, v, **kw))
+    qg = q.clone().requires_grad_(True)  # the op through the dispatcher and its registered autograd
+    dispatched = outcome(lambda: torch.ops.flash_dmattn.fwd(qg, k, v, mask, bias, 64 ** -0.5, True, 0.0, False))
     assert eager[0] == dispatched[0]
     if eager[0] == "ok":
         torch.testing.assert_close(eager[1][0], dispatched[1][0], rtol=0, atol=0)
@@ -54,8 +54,35 @@ def test_eager_and_dispatcher_paths_agree():
         assert eager[0] == "NotImplementedError" and "kernel" in eager[1]
 
 
+def test_eager_autograd_matches_the_registered_autograd_bitwise():
+    """With grad, flash_dmattn_func runs ops.EagerCudaAttention; the op's registered autograd (what
+    torch.compile traces) must give the same outputs and gradients, bit for bit (deterministic)."""
+    if cuda_backend.unavailable_reason() is not None:
+        pytest.skip(cuda_backend.unavailable_reason())
+    q, k, v = inputs()
+    mask = torch.rand(2, 1, 33, 47, device="cuda") > 0.3
+    bias = torch.randn(2, 2, 1, 47, device="cuda", dtype=torch.bfloat16)
+    dout = torch.randn(2, 33, 4, 64, device="cuda", dtype=torch.bfloat16)
+    results = []
+    for path in ("eager", "op"):
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v, bias)]
+        qg, kg, vg, bg = leaves
+        if path == "eager":
+            out, lse = flash_dmattn.flash_dmattn_func(qg, kg, vg, attn_mask=mask, attn_bias=bg, is_causal=True,
+                                                      deterministic=True, return_lse=True)
+            assert type(out.grad_fn).__name__.startswith("EagerCudaAttention"), out.grad_fn
+        else:
+            out, lse, _ = torch.ops.flash_dmattn.fwd(qg, kg, vg, mask, bg, 64 ** -0.5, True, 0.0, True)
+        grads = torch.autograd.grad(out, leaves, dout)
+        assert not lse.requires_grad
+        results.append((out, lse, *grads))
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no-grad", "grad"])
 @pytest.mark.parametrize("case", ["mask shape", "bias dtype", "head dim", "head ratio", "last dim", "scale"])
-def test_eager_path_errors_name_the_public_argument(case):
+def test_eager_path_errors_name_the_public_argument(case, grad):
     q, k, v = inputs()
     kw = {}
     if case == "mask shape":
@@ -74,7 +101,8 @@ def test_eager_path_errors_name_the_public_argument(case):
         want = "q:"
     else:
         kw["scale"], want = float("nan"), "scale:"
-    with torch.no_grad(), pytest.raises((ValueError, TypeError)) as info:
+    q.requires_grad_(grad)  # with grad: the eager autograd path (EagerCudaAttention)
+    with torch.set_grad_enabled(grad), pytest.raises((ValueError, TypeError)) as info:
         flash_dmattn.flash_dmattn_func(q, k, v, **kw)
     assert str(info.value).startswith(want), str(info.value)
 

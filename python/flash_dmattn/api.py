@@ -302,8 +302,12 @@ def flash_dmattn_func(
         it never falls back to the reference.
     """
     want_lse = _flag(return_lse, "return_lse")
-    if _eager_cuda_inference(q, k, v, attn_bias):
-        out, lse = _fwd_eager_cuda(q, k, v, attn_mask, attn_bias, scale, is_causal, softcap)
+    if _eager_cuda(q, k, v):
+        args = _eager_cuda_args(q, k, v, attn_mask, attn_bias, scale, is_causal, softcap, deterministic)
+        if _needs_grad(q, k, v, attn_bias):
+            out, lse = ops.EagerCudaAttention.apply(*args)
+        else:
+            out, lse = ops.cuda_fwd(*args, keep_plan=False)
         return (out, lse) if want_lse else out
     a = normalize(q, k, v, attn_mask, attn_bias, scale, is_causal, softcap, deterministic,
                   kernel=_is_kernel_path(q))
@@ -312,23 +316,31 @@ def flash_dmattn_func(
 
 
 # ---------------------------------------------------------------------------------------------
-# The eager inference path on CUDA tensors: a forward that needs no autograd, outside
-# torch.compile, tracing modes and functorch transforms, goes straight to the op's CUDA
-# implementation. The dispatcher and the registered autograd kernel cost ~25 us a call on a
-# 2.5 GHz Xeon (Python kernels are boxed through C++ and back), more than everything else in
-# the call; libdmattn validates every argument itself (errors name it), so only what the library
-# cannot see (defaults, expanded axes, mask dtype conversion) is done here.
+# The eager path on CUDA tensors: outside torch.compile, tracing modes and functorch transforms, a
+# forward goes straight to the op's CUDA implementation (no autograd needed) or through
+# ops.EagerCudaAttention, a plain autograd.Function over the same implementations. The dispatcher
+# and the registered autograd cost ~25 us a call without grad and ~80 us with it on a 2.5 GHz Xeon
+# (Python kernels are boxed through C++ and back), more than everything else in the call;
+# libdmattn validates every argument itself (errors name it), so only what the library cannot see
+# (defaults, expanded axes, mask dtype conversion) is done here.
 
 
-def _eager_cuda_inference(q, k, v, bias) -> bool:
+def _eager_cuda(q, k, v) -> bool:
     return (
         type(q) is Tensor and type(k) is Tensor and type(v) is Tensor and q.is_cuda
-        and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
-                                              or (bias is not None and bias.requires_grad)))
         and not torch.compiler.is_compiling()
         and torch._C._len_torch_dispatch_stack() == 0
         and torch._C._functorch.peek_interpreter_stack() is None
     )
+
+
+def _needs_grad(q, k, v, bias) -> bool:
+    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                        or (bias is not None and bias.requires_grad))
+
+
+def _eager_cuda_inference(q, k, v, bias) -> bool:
+    return _eager_cuda(q, k, v) and not _needs_grad(q, k, v, bias)
 
 
 def _collapse_for_kernel(t: Optional[Tensor], name: str) -> Optional[Tensor]:
@@ -339,14 +351,16 @@ def _collapse_for_kernel(t: Optional[Tensor], name: str) -> Optional[Tensor]:
     return _collapse_expanded(t) if 0 in t.stride() else t
 
 
-def _fwd_eager_cuda(q, k, v, attn_mask, attn_bias, scale, is_causal, softcap):
-    mask = _collapse_for_kernel(attn_mask, "attn_mask")
+def _eager_cuda_args(q, k, v, attn_mask, attn_bias, scale, is_causal, softcap, deterministic):
+    """The fwd op's arguments (q, k, v, mask, bias, scale, causal, softcap, deterministic)."""
+    # The mask selects scores and gets no gradient.
+    mask = _collapse_for_kernel(attn_mask.detach() if type(attn_mask) is Tensor else attn_mask, "attn_mask")
     if mask is not None and mask.dtype is not torch.bool and mask.dtype is not q.dtype:
         mask = mask != 0
     bias = _collapse_for_kernel(attn_bias, "attn_bias")
     scale = q.shape[-1] ** -0.5 if scale is None else _real(scale, "scale")
-    return ops.cuda_fwd(q, k, v, mask, bias, scale, _flag(is_causal, "is_causal"), _softcap(softcap), False,
-                        keep_plan=False)
+    return (q, k, v, mask, bias, scale, _flag(is_causal, "is_causal"), _softcap(softcap),
+            _flag(deterministic, "deterministic"))
 
 
 def flash_dmattn_qkvpacked_func(

@@ -21,6 +21,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from . import reference
 from .backends import cuda as _cuda
@@ -171,7 +172,6 @@ def _bwd_fake(dout, q, k, v, mask, bias, out, lse, scale, causal, softcap, deter
             _dbias_like(bias, bias_requires_grad, q))
 
 
-@torch.library.impl("flash_dmattn::bwd", "cuda", lib=_lib)
 def _bwd_cuda(dout, q, k, v, mask, bias, out, lse, scale, causal, softcap, deterministic,
               bias_requires_grad, plan=None):
     _require_cuda_backend("bwd", q)
@@ -188,25 +188,65 @@ def _bwd_cuda(dout, q, k, v, mask, bias, out, lse, scale, causal, softcap, deter
     return dq, dk, dv, dbias
 
 
-def _fwd_setup_context(ctx, inputs, output):
+torch.library.impl("flash_dmattn::bwd", "cuda", _bwd_cuda, lib=_lib)  # by call: see fwd's
+
+
+def _save_for_backward(ctx, inputs, out, lse, plan):
     q, k, v, mask, bias, scale, causal, softcap, deterministic = inputs
-    out, lse, plan = output
-    ctx.mark_non_differentiable(lse, plan)
     ctx.save_for_backward(q, k, v, mask, bias, out, lse, plan)
     ctx.args = (scale, causal, softcap, deterministic)
 
 
-def _fwd_backward(ctx, dout, _dlse, _dplan):
+def _gradients(ctx, dout, bwd_impl):
+    """The fwd op's input gradients from what _save_for_backward kept, through bwd_impl (the bwd op,
+    or its CUDA impl called directly)."""
     q, k, v, mask, bias, out, lse, plan = ctx.saved_tensors
     scale, causal, softcap, deterministic = ctx.args
     want_dbias = bias is not None and ctx.needs_input_grad[4]
-    dq, dk, dv, dbias = bwd(_last_dim_contiguous(dout), q, k, v, mask, bias, out, lse,
-                            scale, causal, softcap, deterministic, want_dbias, plan)
+    dq, dk, dv, dbias = bwd_impl(_last_dim_contiguous(dout), q, k, v, mask, bias, out, lse,
+                                 scale, causal, softcap, deterministic, want_dbias, plan)
     return dq, dk, dv, None, (dbias if want_dbias else None), None, None, None, None
+
+
+def _fwd_setup_context(ctx, inputs, output):
+    out, lse, plan = output
+    ctx.mark_non_differentiable(lse, plan)
+    _save_for_backward(ctx, inputs, out, lse, plan)
+
+
+def _fwd_backward(ctx, dout, _dlse, _dplan):
+    return _gradients(ctx, dout, bwd)
 
 
 torch.library.register_autograd("flash_dmattn::fwd", _fwd_backward,
                                 setup_context=_fwd_setup_context, lib=_lib)
+
+
+class EagerCudaAttention(torch.autograd.Function):
+    """The fwd op and its registered autograd for eager calls on plain CUDA tensors (api.py picks
+    them): the same CUDA impls, saved tensors and gradients, from a plain autograd.Function. The
+    registered autograd boxes each call through the dispatcher and its own Python autograd wrapper,
+    which cost ~80 us of host time per forward (bench_overhead.py) and more per backward: more than
+    a sparse call's GPU time. torch.compile, tracing modes and functorch keep the op.
+    apply(q, k, v, mask, bias, scale, causal, softcap, deterministic) -> (out, lse)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, bias, scale, causal, softcap, deterministic):
+        inputs = (q, k, v, mask, bias, scale, causal, softcap, deterministic)
+        out, lse, plan = _fwd_cuda(*inputs)
+        ctx.mark_non_differentiable(lse)
+        # lse gets no gradient: without this autograd would fill a zero tensor for it every backward
+        # (a launch and ~60 us of host time on the GPU machine).
+        ctx.set_materialize_grads(False)
+        _save_for_backward(ctx, inputs, out, lse, plan)
+        return out, lse
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout, _dlse):
+        if dout is None:  # nothing downstream of out needs a gradient
+            return (None,) * 9
+        return _gradients(ctx, dout, _bwd_cuda)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -362,26 +362,27 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) bwd_kernel(con
     Tensor tanh_s = make_tensor(tanh_frag.data(), rows_cols(tanh_frag.layout()));
     // bias_per_key: a (.., 1, K) bias is one value per key, i.e. per row of S^T, read once a row.
     auto scores_to_probs = [&](auto bias_per_key) {
-      float col_lse[kCols], col_fix[kCols];
-      bool fix_any = false;
+      bool fix_any = false;  // any column of the step with a row fix (bias only)
+      if constexpr (kHasBias) {
+        CUTE_UNROLL
+        for (int c = 0; c < kCols; ++c) fix_any |= stats[2 * kTileQ + get<1>(coord_s(0, c))] != 1.f;
+        fix_any = __any_sync(0xffffffff, fix_any);
+      }
+      float bias_rows[kRows];
+      CUTE_UNROLL
+      for (int r = 0; r < kRows; ++r)
+        bias_rows[r] = decltype(bias_per_key)::value ? static_cast<float>(smem_bias[get<0>(coord_s(r, 0))]) : 0.f;
+      // Column (query) outer: a column's statistics are live for its own rows only, not across the
+      // whole tile (with 128-row steps, 16 columns per thread, holding them all spilled).
       CUTE_UNROLL
       for (int c = 0; c < kCols; ++c) {
         const int tq = get<1>(coord_s(0, c));
-        col_lse[c] = stats[tq];
-        col_fix[c] = stats[2 * kTileQ + tq];
-        fix_any |= col_fix[c] != 1.f;
-      }
-      if constexpr (kHasBias) fix_any = __any_sync(0xffffffff, fix_any);
-      CUTE_UNROLL
-      for (int r = 0; r < kRows; ++r) {
-        const int tk = get<0>(coord_s(r, 0));
-        const int key = k0 + tk;
-        float bias_row = 0.f;
-        if constexpr (decltype(bias_per_key)::value) bias_row = static_cast<float>(smem_bias[tk]);
+        const int row = q0 + tq;
+        const float lse = stats[tq];
         CUTE_UNROLL
-        for (int c = 0; c < kCols; ++c) {
-          const int tq = get<1>(coord_s(r, c));
-          const int row = q0 + tq;
+        for (int r = 0; r < kRows; ++r) {
+          const int tk = get<0>(coord_s(r, c));
+          const int key = k0 + tk;
           const float raw = st(r, c);
           float prob;
           if constexpr (kHasBias || kGeneralScores) {
@@ -394,12 +395,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) bwd_kernel(con
               x = raw * sc.scale;
             }
             if constexpr (kHasBias) {
-              x += decltype(bias_per_key)::value ? bias_row : static_cast<float>(smem_bias[tq * bias_pitch + tk]);
+              x += decltype(bias_per_key)::value ? bias_rows[r] : static_cast<float>(smem_bias[tq * bias_pitch + tk]);
             }
             // Exact shift: x and lse may both sit near a bias of finfo.min.
-            prob = fast_exp2((x - col_lse[c]) * kLog2e);
+            prob = fast_exp2((x - lse) * kLog2e);
           } else {
-            prob = fast_exp2(fmaf(raw, scale_log2, -col_lse[c] * kLog2e));
+            prob = fast_exp2(fmaf(raw, scale_log2, -lse * kLog2e));
           }
           if (check) {
             bool keep = key < s.seqlen_k && !(sc.causal && key > row + diag);
@@ -410,7 +411,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) bwd_kernel(con
             }
             prob = keep ? prob : 0.f;
           }
-          if (kHasBias && fix_any) prob *= col_fix[c];
+          if (kHasBias && fix_any) prob *= stats[2 * kTileQ + tq];
           st(r, c) = prob;
         }
       }
@@ -436,20 +437,19 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) bwd_kernel(con
     Tensor dpt = make_tensor(acc_dp.data(), rows_cols(acc_dp.layout()));
     auto probs_to_ds = [&](auto mode) {
       constexpr DbiasMode kMode = decltype(mode)::value;
-      float col_delta[kCols];
-      CUTE_UNROLL
-      for (int c = 0; c < kCols; ++c) col_delta[c] = stats[kTileQ + get<1>(coord_s(0, c))];
       const ScoreView& dbv = p.dbias;
+      // Column outer, as in scores_to_probs (a row's dbias sum still adds its columns in order).
       CUTE_UNROLL
-      for (int r = 0; r < kRows; ++r) {
-        const int tk = get<0>(coord_s(r, 0));
-        const int key = k0 + tk;
+      for (int c = 0; c < kCols; ++c) {
+        const int tq = get<1>(coord_s(0, c));
+        const int row = q0 + tq;
+        const float delta = stats[kTileQ + tq];
         CUTE_UNROLL
-        for (int c = 0; c < kCols; ++c) {
-          const int tq = get<1>(coord_s(r, c));
-          const int row = q0 + tq;
+        for (int r = 0; r < kRows; ++r) {
+          const int tk = get<0>(coord_s(r, c));
+          const int key = k0 + tk;
           const float prob = kScoresApart ? static_cast<float>(probs_rc(r, c)) : st(r, c);
-          float ds = prob * (dpt(r, c) - col_delta[c]);
+          float ds = prob * (dpt(r, c) - delta);
           // The bias's gradient is dS before the softcap's chain factor.
           if constexpr (kMode == DbiasMode::kPerKey) {
             dbias_rows[r] += ds;
@@ -484,10 +484,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) bwd_kernel(con
 
     if constexpr (!kScoresApart) gemm_tiles(mma, acc_dv, sP, sdOt, sP, sRowsTPlain, copy_a_n, copy_b_t);  // dV += P^T dO
     gemm_tiles(mma, acc_dk, sdS, sQt, sdS, sRowsTPlain, copy_a_n, copy_b_t);  // dK += dS^T Q
-    if constexpr (!kScoresApart) {
-      __syncthreads();  // every warp is done with Q, dO and the stage: the next step may load
-      if (next_entry >= 0) load_step_tiles(h, next_entry);
-    }
+    // Back to back only without mask and bias: no per-query tiles to load, and the next step's
+    // first barrier already keeps its loads and stage writes behind this step's reads.
+    static_assert(kScoresApart || (!kHasMask && !kHasBias), "per-query tiles load after a barrier");
 
     Tensor acc_dq = partition_fragment_C(mma, RowsShape{});  // (queries, D)
     clear(acc_dq);

@@ -59,12 +59,15 @@ __device__ __forceinline__ void store8(T* dst, const float (&x)[8]) {
 // Rows of the padded row range, 8 lanes per (b, h, row), 4 rows per warp: delta = rowsum(dO * O) in
 // fp32; the lse the main kernel shifts by (+inf where nothing is kept, so every P there is 0); and,
 // with a bias, the row's 1 / sum(exp(s - lse)) where the lse cannot be trusted (see kTrustedLse),
-// measured by the whole warp one such row at a time, else 1.
+// measured by the whole warp one such row at a time, else 1. It also zeroes the row of the dQ
+// accumulator (dq_stride floats) the main kernel adds into: one pass less than a memset, one launch
+// less on a path that small sparse calls wait on.
 constexpr int kPrepLanesPerRow = 8;
 constexpr int kPrepRowsPerWarp = 32 / kPrepLanesPerRow;
 
 template <typename T>
-__global__ void prep_rows_kernel(const BwdProblem p, int q_pad, float* lse_out, float* delta_out, float* fix_out) {
+__global__ void prep_rows_kernel(const BwdProblem p, int q_pad, float* lse_out, float* delta_out, float* fix_out,
+                                 float* dq_accum, int dq_stride) {
   const int lane = threadIdx.x % 32, part = lane % kPrepLanesPerRow;
   const int64_t row = (int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32) * kPrepRowsPerWarp +
                       lane / kPrepLanesPerRow;
@@ -129,6 +132,10 @@ __global__ void prep_rows_kernel(const BwdProblem p, int q_pad, float* lse_out, 
     delta_out[row] = delta;
     fix_out[row] = fix;
   }
+  if (valid) {  // dq_stride is a head-dim bucket: a multiple of 32 floats, 16-byte aligned rows
+    float4* dq = reinterpret_cast<float4*>(dq_accum + row * dq_stride);
+    for (int c = part; c < dq_stride / 4; c += kPrepLanesPerRow) dq[c] = make_float4(0.f, 0.f, 0.f, 0.f);
+  }
 }
 
 // Plan rows -> class map: one CTA per plan row writes its full (2) and partial (1) tiles; the map
@@ -179,10 +186,8 @@ __global__ void reduce_dbias_kernel(const float* in, int in_b, int in_h, int in_
   }
 }
 
-// One thread per column: its kept query steps, over the query heads of its kv group.
-__global__ void count_column_steps_kernel(const BwdParams params) {
-  const int col = blockIdx.x * blockDim.x + threadIdx.x;
-  if (col >= params.columns) return;
+// A column's kept query steps, over the query heads of its kv group.
+__device__ int count_column_steps(const BwdParams& params, int col) {
   const Extents& s = params.p.shape;
   const BwdColumn c = bwd_column(s, col);
   const BwdStepRange range = bwd_step_range(s, params.p.scoring.causal, c.kt * params.tile_kv);
@@ -190,7 +195,7 @@ __global__ void count_column_steps_kernel(const BwdParams params) {
   const int group = s.heads / s.heads_kv;
   int kept = 0;
   for (int g = 0; g < group; ++g) kept += bwd_head_steps(params, c.b, c.h_kv * group + g, c.kt, range, has_mask);
-  params.column_steps[col] = kept;
+  return kept;
 }
 
 // Exclusive prefix sums of (a, b) over a block of kScheduleThreads, and the block's totals.
@@ -215,14 +220,19 @@ __device__ inline int2 block_exclusive_scan(int2 v, int2* totals) {
   return make_int2(before.x + inc.x - v.x, before.y + inc.y - v.y);
 }
 
-// One block: the segment length from the total work, then each column's items (its kept steps cut
-// into segments) and, for columns of more than one item, a slot, written in column order.
+// One block: each thread counts the kept steps of its run of columns; then the segment length
+// from the total work, each column's items (its kept steps cut into segments) and, for columns of
+// more than one item, a slot, written in column order.
 __global__ void __launch_bounds__(kScheduleThreads) schedule_kernel(const BwdParams params, int target) {
   __shared__ long long warp_totals[kScheduleThreads / 32];
   const int n = params.columns, per = (n + kScheduleThreads - 1) / kScheduleThreads;
   const int begin = min(n, int(threadIdx.x) * per), end = min(n, begin + per);
   long long mine = 0;
-  for (int c = begin; c < end; ++c) mine += params.column_steps[c];
+  for (int c = begin; c < end; ++c) {
+    const int steps = count_column_steps(params, c);
+    params.column_steps[c] = steps;  // read back below and by finish_columns_kernel
+    mine += steps;
+  }
   for (int off = 16; off > 0; off >>= 1) mine += __shfl_xor_sync(0xffffffff, mine, off);
   if (threadIdx.x % 32 == 0) warp_totals[threadIdx.x / 32] = mine;
   __syncthreads();
@@ -460,7 +470,7 @@ dmattn_status bwd_prepare(const BwdProblem& p, int bucket, BwdParams& params, ch
   // Everything the kernel adds into starts at zero; so does a dbias written tile by tile, since
   // tiles nothing reaches are never written.
   const char* clear_what = "clearing the backward accumulators";
-  st = cuda_status(cudaMemsetAsync(params.dq_accum, 0, w.dq, stream), clear_what, msg, msg_len);
+  // (The dQ accumulator is zeroed by prep_rows_kernel.)
   if (st == DMATTN_STATUS_SUCCESS && w.dbias)
     st = cuda_status(cudaMemsetAsync(params.dbias_accum, 0, w.dbias, stream), clear_what, msg, msg_len);
   if (st == DMATTN_STATUS_SUCCESS && (w.dq_turn + w.dbias_turn))
@@ -479,13 +489,13 @@ dmattn_status bwd_prepare(const BwdProblem& p, int bucket, BwdParams& params, ch
   const int blocks = int((rows + kRowsPerBlock - 1) / kRowsPerBlock);
   if (blocks > 0) {
     with_element(p.dtype, [&](auto element) {
-      prep_rows_kernel<decltype(element)><<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(p, params.q_pad, lse, delta, fix);
+      prep_rows_kernel<decltype(element)><<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(p, params.q_pad, lse, delta, fix,
+                                                                                      params.dq_accum, params.dq_stride);
     });
     st = launch_status("backward row statistics", msg, msg_len);
     if (st != DMATTN_STATUS_SUCCESS) return st;
   }
   if (params.columns == 0) return DMATTN_STATUS_SUCCESS;
-  count_column_steps_kernel<<<(params.columns + 255) / 256, 256, 0, stream>>>(params);
   schedule_kernel<<<1, kScheduleThreads, 0, stream>>>(params, params.sm_count * kBwdItemsPerSm);
   if (params.max_slots > 0) clear_slots_kernel<<<params.max_slots, 256, 0, stream>>>(params);
   return launch_status("backward work list", msg, msg_len);
