@@ -25,6 +25,18 @@ from sparse_masks import topw_key_blocks  # noqa: E402
 import flash_dmattn  # noqa: E402
 
 
+def host_us(fn, calls: int) -> float:
+    """Host microseconds per fn() over `calls` calls queued behind a GPU sleep longer than their host
+    work, so the host never waits for the GPU."""
+    torch.cuda._sleep(int(2e9))
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    per = (time.perf_counter() - t0) / calls
+    torch.cuda.synchronize()
+    return per * 1e6
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--L", type=int, default=32768)
@@ -56,15 +68,9 @@ def main() -> None:
     torch.cuda.synchronize()
     wall = (time.perf_counter() - t0) / a.calls
 
-    # Host time alone: the calls queue behind a sleep longer than their host work.
-    torch.cuda._sleep(int(2e9))
-    t0 = time.perf_counter()
-    for _ in range(a.calls):
-        call()
-    host = (time.perf_counter() - t0) / a.calls
-    torch.cuda.synchronize()
+    host = host_us(call, a.calls)
     print(f"B={a.B} L={a.L} H={a.H} H_kv={a.H_kv} D={a.D} w={a.w} causal: {wall * 1e6:.1f} us per forward + "
-          f"backward end to end, {host * 1e6:.1f} us of host time per call (queued behind a GPU sleep)")
+          f"backward end to end, {host:.1f} us of host time per call (queued behind a GPU sleep)")
 
     torch.cuda._sleep(int(2e9))
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -85,12 +91,7 @@ def main() -> None:
 
     for name, fn in (("forward + backward (main thread: the forward and autograd's hand-off)", call),
                      ("the bwd op alone, as autograd calls it", bwd_op)):
-        torch.cuda._sleep(int(2e9))
-        t0 = time.perf_counter()
-        for _ in range(a.calls):
-            fn()
-        per = (time.perf_counter() - t0) / a.calls
-        torch.cuda.synchronize()
+        per = host_us(fn, a.calls)
         torch.cuda._sleep(int(2e9))
         pr = cProfile.Profile()
         pr.enable()
@@ -100,7 +101,7 @@ def main() -> None:
         torch.cuda.synchronize()
         s = io.StringIO()
         pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(25)
-        print(f"\ncProfile of {name}: {per * 1e6:.1f} us of host time per call without the profiler; "
+        print(f"\ncProfile of {name}: {per:.1f} us of host time per call without the profiler; "
               f"{a.calls} calls, by own time:")
         print(s.getvalue())
 

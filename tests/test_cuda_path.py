@@ -27,13 +27,15 @@ def outcome(fn):
         return type(exc).__name__, str(exc)
 
 
-def test_eager_path_is_taken_only_without_autograd():
+def test_eager_path_uses_autograd_only_when_grad_is_needed():
+    """Plain CUDA tensors take the eager path; it needs autograd (EagerCudaAttention) exactly when
+    grad mode is on and an input requires grad."""
     q, k, v = inputs()
-    assert api._eager_cuda_inference(q, k, v, None)
+    assert api._eager_cuda(q, k, v) and not api._needs_grad(q, k, v, None)
     q.requires_grad_(True)
-    assert not api._eager_cuda_inference(q, k, v, None)
+    assert api._eager_cuda(q, k, v) and api._needs_grad(q, k, v, None)
     with torch.no_grad():
-        assert api._eager_cuda_inference(q, k, v, None)
+        assert api._eager_cuda(q, k, v) and not api._needs_grad(q, k, v, None)
 
 
 def test_eager_and_dispatcher_paths_agree():

@@ -339,10 +339,6 @@ def _needs_grad(q, k, v, bias) -> bool:
                                         or (bias is not None and bias.requires_grad))
 
 
-def _eager_cuda_inference(q, k, v, bias) -> bool:
-    return _eager_cuda(q, k, v) and not _needs_grad(q, k, v, bias)
-
-
 def _collapse_for_kernel(t: Optional[Tensor], name: str) -> Optional[Tensor]:
     if t is None:
         return None
