@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # build_libraries.sh PREFIX: the CUDA libraries alone (no Python module), installed into PREFIX, for
 # wheel builds to reuse through DMATTN_PREBUILT_DIR=PREFIX (they compile nothing of CUDA then).
-# Environment: DMATTN_ARCHS (default "all"), DMATTN_HEAD_DIMS, DMATTN_KERNELS, CUTLASS_DIR, JOBS,
+# Environment: DMATTN_ARCHS (default "all"), DMATTN_HEAD_DIMS, DMATTN_KERNELS, DMATTN_BWD_WIDE_HEAD_DIMS, CUTLASS_DIR, JOBS,
 # LIBRARIES_BUILD_DIR (default build/libraries).
 # The build tree is kept: an interrupted build (a time-limited shell) resumes where it stopped, and
 # the report adds up the seconds of every run since the last completed one (for a full build's
@@ -14,6 +14,7 @@ jobs=${JOBS:-$(nproc)}
 start=$(date +%s)
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDMATTN_BUILD_PYTHON=OFF -DCMAKE_INSTALL_LIBDIR=lib \
   -DDMATTN_ARCHS="${DMATTN_ARCHS:-all}" -DDMATTN_HEAD_DIMS="${DMATTN_HEAD_DIMS:-}" -DDMATTN_KERNELS="${DMATTN_KERNELS:-}" \
+  -DDMATTN_BWD_WIDE_HEAD_DIMS="${DMATTN_BWD_WIDE_HEAD_DIMS:-OFF}" \
   ${CUTLASS_DIR:+-DCUTLASS_DIR="$CUTLASS_DIR"}
 # One line per run of this build tree: its start and end (epoch seconds). A run killed by a time
 # limit wrote no end; its last finished compile (the mtime of .ninja_log) stands in for it.

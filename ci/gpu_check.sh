@@ -9,6 +9,8 @@
 # them under benchmarks/results/<date>-<gpu>/. Environment:
 #   DMATTN_ARCHS      archs to build (default: the local GPU's)
 #   DMATTN_HEAD_DIMS  head-dim subset (default: all)
+#   DMATTN_BWD_WIDE_HEAD_DIMS  ON (default here, OFF in a plain build): the backward's D = 192/256
+#                     kernels, not yet run on a GPU, are built so that this suite runs them
 #   CUTLASS_DIR       CUTLASS headers; otherwise a nvidia-cutlass wheel in .whl/ or the installed package
 #   GIT_COMMIT        commit being checked (default: git rev-parse HEAD when .git exists)
 #   JOBS              build parallelism (default: nproc)
@@ -28,6 +30,7 @@ SCRATCH=${SCRATCH:-/tmp/dmattn-gpu-check}
 SITE=$SCRATCH/site
 PY=${PYTHON:-python3}
 export CMAKE_BUILD_PARALLEL_LEVEL=${JOBS:-$(nproc)}
+export DMATTN_BWD_WIDE_HEAD_DIMS=${DMATTN_BWD_WIDE_HEAD_DIMS:-ON}
 COMMIT=${GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 # A copied working tree (the device tool's) reports its base commit: say when files differ from it.
 [ -z "${GIT_COMMIT:-}" ] && [ -n "$(git status --porcelain 2>/dev/null)" ] && COMMIT="$COMMIT + uncommitted changes"

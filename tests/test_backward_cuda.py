@@ -93,7 +93,7 @@ def broadcast_forms(B, H, H_kv, Q, K):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("D", [64, 128, 192, 256])
 def test_dense_matches_reference(D, causal, dtype):
     run_case(2, 300, 300, 4, 4, D, dtype=dtype, causal=causal, name=f"dense D={D} causal={causal}")
 
@@ -104,7 +104,7 @@ def test_every_bias_broadcast_form_gives_dbias_in_its_own_shape():
         run_case(B, Q, K, H, H_kv, D, bias_shape=shape, mask_shape=(B, 1, Q, K), causal=True, name=f"bias {shape}")
 
 
-@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("D", [64, 128, 256])
 def test_every_bias_broadcast_form_without_a_mask(D):
     """Unmasked calls walk wider key columns on some GPUs (bwd_tile_kv: 128 keys on sm90/sm100, D=128
     with a bias too), with their own per-key dbias sums and slot sizes: every dbias form again, there."""
@@ -113,7 +113,7 @@ def test_every_bias_broadcast_form_without_a_mask(D):
         run_case(B, Q, K, H, H_kv, D, bias_shape=shape, causal=True, name=f"unmasked bias {shape} D={D}")
 
 
-@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("D", [64, 128, 192])
 def test_softcap_with_bias_without_a_mask(D):
     """The general (softcap) kernel on unmasked columns: tanh of every score is kept from P^T to dS^T
     for its chain factor."""
@@ -153,6 +153,29 @@ def test_causal_alignment_bottom_right(Q, K):
     run_case(2, Q, K, 2, 1, 64, causal=True, bias_shape=(2, 2, Q, K), name=f"causal Q={Q} K={K}")
 
 
+@pytest.mark.parametrize("D", [192, 256])
+@pytest.mark.parametrize("mask_shape,bias_shape", [((2, 4, 150, 190), (2, 4, 150, 190)),
+                                                   ((2, 1, 1, 190), (2, 1, 1, 190)),
+                                                   ((1, 1, 150, 190), (1, 1, 150, 190))])
+def test_wide_head_dims_with_mask_bias_and_gqa(D, mask_shape, bias_shape):
+    """Past D = 128 the backward keeps one Q/dO buffer and makes dQ in 64-column passes: with every
+    dbias path (stored per element, summed per key, accumulated across heads and batch) and GQA 4."""
+    run_case(2, 150, 190, 4, 1, D, mask_shape=mask_shape, bias_shape=bias_shape, causal=True,
+             name=f"D={D} mask {mask_shape} bias {bias_shape}")
+
+
+def test_wide_head_dims_left_out_of_a_build_say_how_to_get_them():
+    """A default build leaves the backward's D = 192/256 kernels out (not yet run on a GPU): the
+    error names the build option that adds them, not just a missing kernel."""
+    require_kernels(torch.bfloat16, 256, "fwd")
+    if any(r.endswith(":bwd:bf16:256") for r in cuda_backend.info()["kernels"]):
+        pytest.skip("this build has the D=256 backward kernels (the tests above run them)")
+    inp = rand_inputs(1, 70, 90, 2, 1, 256, dtype=torch.bfloat16, bias_shape=(1, 1, 1, 90))
+    with pytest.raises(NotImplementedError, match=r"backward kernel \(sm\d+, bf16, head_dim 256\).*"
+                       "DMATTN_BWD_WIDE_HEAD_DIMS=ON"):
+        kernel_grads(inp, scale=256**-0.5)
+
+
 def test_softcap_with_bias_and_mask():
     run_case(1, 200, 260, 4, 2, 64, bias_shape=(1, 4, 200, 260), mask_shape=(1, 1, 200, 260), softcap=5.0,
              causal=True, name="softcap")
@@ -184,7 +207,7 @@ def test_rows_whose_bias_is_hugely_negative_are_uniform_not_scaled(value):
     check_grads(inp, dtype=torch.bfloat16, name=f"bias rows at {value}")
 
 
-@pytest.mark.parametrize("D", [32, 40, 64, 72, 96, 120, 128])
+@pytest.mark.parametrize("D", [32, 40, 64, 72, 96, 120, 128, 136, 192, 200, 256])
 def test_head_dims_at_and_between_buckets(D):
     run_case(1, 140, 150, 2, 1, D, bias_shape=(1, 1, 1, 150), mask_shape=(1, 1, 140, 150), causal=True,
              name=f"D={D}")
@@ -210,22 +233,25 @@ def test_sparse_plan_with_empty_full_and_partial_tiles():
     assert not dk[:, 128:192].any() and not dv[:, 128:192].any() and not dbias[..., 128:192].any()
 
 
-@pytest.mark.parametrize("per_query_mask", [False, True])
-def test_more_query_steps_than_one_list_chunk(per_query_mask):
-    """Over 256 query steps per key tile, so the step list is built in more than one chunk."""
+@pytest.mark.parametrize("mask", ["none", "per key", "per query"])
+@pytest.mark.parametrize("D", [32, 256])
+def test_more_query_steps_than_one_list_chunk(mask, D):
+    """Over 256 query steps per key tile, so the step list is built in more than one chunk (and, past
+    D = 128, one Q/dO buffer is refilled every step)."""
     Q, K = 256 * 64 + 100, 70
-    shape = (1, 1, Q, K) if per_query_mask else (1, 1, 1, K)
-    run_case(1, Q, K, 1, 1, 32, mask_shape=shape, keep_prob=0.8, bias_shape=(1, 1, 1, K),
-             name=f"long Q per_query={per_query_mask}")
+    shape = {"none": None, "per key": (1, 1, 1, K), "per query": (1, 1, Q, K)}[mask]
+    run_case(1, Q, K, 1, 1, D, mask_shape=shape, keep_prob=0.8, bias_shape=(1, 1, 1, K),
+             name=f"long Q mask={mask} D={D}")
 
 
 @pytest.mark.parametrize("per_query_mask", [False, True])
 @pytest.mark.parametrize("causal", [False, True])
-def test_few_busy_key_tiles_split_over_many_ctas(per_query_mask, causal):
+@pytest.mark.parametrize("D", [64, 256])
+def test_few_busy_key_tiles_split_over_many_ctas(per_query_mask, causal, D):
     """A sparse mask keeping whole key tiles leaves a few columns with all the work; the work list cuts
     them into segments (across the heads of a kv group) whose dk, dv and per-key dbias are summed in
     fp32. Gradients must match the reference, and tiles nothing keeps get exactly 0."""
-    B, L, H, H_kv, D = 1, 2048, 4, 2, 64
+    B, L, H, H_kv = 1, 2048, 4, 2
     mask_shape = (B, H_kv, L, L) if per_query_mask else (B, H_kv, 1, L)
     inp = rand_inputs(B, L, L, H, H_kv, D, dtype=torch.bfloat16, mask_shape=mask_shape, keep_prob=0.6,
                       bias_shape=(B, H_kv, 1, L))
@@ -245,7 +271,7 @@ def test_few_busy_key_tiles_split_over_many_ctas(per_query_mask, causal):
     assert not dk[:, dropped].any() and not dv[:, dropped].any() and not dbias[..., dropped].any()
 
 
-@pytest.mark.parametrize("masked,D", [(True, 64), (False, 64), (False, 128)])
+@pytest.mark.parametrize("masked,D", [(True, 64), (False, 64), (False, 128), (True, 256), (False, 192)])
 @pytest.mark.parametrize("bias_shape", [(1, 1, 200, 260), (2, 4, 1, 260), (2, 1, 200, 1), (2, 4, 200, 260)])
 def test_deterministic_mode_is_bitwise_reproducible(bias_shape, masked, D):
     """deterministic=True: dq (key tiles add in order) and dbias (sums across CTAs in order) come out

@@ -8,9 +8,10 @@
 //   fp32 accumulator (in key-tile order per query step when deterministic).
 // With a mask or a bias, dP^T is computed only once P^T is staged (and dV added), so the two score
 // tiles are never live together (kScoresApart below).
-// Q, dO and the row statistics are double-buffered: the next step's stream in during the whole of
-// this one; its mask and bias tiles (one buffer) once this step's are read. dbias is written,
-// accumulated or summed by the bias's shape (DbiasMode).
+// Q, dO and the row statistics are double-buffered up to D = 128: the next step's stream in during
+// the whole of this one; past it Q and dO have one buffer, refilled once dK's product has read them
+// (BwdConfig::kRowBuffers). Its mask and bias tiles (one buffer) load once this step's are read.
+// dbias is written, accumulated or summed by the bias's shape (DbiasMode).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -59,7 +60,16 @@ struct BwdConfig {
 #else
   static constexpr int kMinBlocks = 1;
 #endif
-  static_assert(kHeadDim % 32 == 0 && kHeadDim <= 128, "the config serves D <= 128");
+  static_assert(kHeadDim % 32 == 0 && kHeadDim <= 256, "head-dim buckets are multiples of 32 up to 256");
+  static_assert(kHeadDim <= 128 || kHeadDim % 64 == 0, "past 128 the dQ product runs in 64-column chunks");
+  // Past D = 128, K, V and two buffers each of Q and dO alone take 192 KB at D = 256 (over sm90's
+  // 227 KB with P^T, dS^T and the mask and bias tiles; over an A100's 163 KB at D = 192): one buffer
+  // of Q and dO, refilled after dK's product, the last to read them, so the next step's rows land
+  // during the dQ product and its additions.
+  static constexpr int kRowBuffers = kHeadDim <= 128 ? 2 : 1;
+  // The dQ product's columns per pass: its (64 queries x D) accumulator is live beside dK and dV,
+  // which at D = 256 already hold 128 floats per thread; 64 columns a pass keep it at 16.
+  static constexpr int kDqChunk = kHeadDim <= 128 ? kHeadDim : 64;
   static_assert(kTileKV == 64 || kTileKV == 128, "whole 64-row warp-layout repeats");
 
   using Traits = RowTileTraits<Element, kHeadDim, kThreads>;
@@ -69,17 +79,25 @@ struct BwdConfig {
   // (rows, D) tiles: Q and dO (kTileQ rows), K and V (kTileKV rows); read transposed as (D, rows)
   // for the products that sum over their rows.
   using SmemAtom = typename Traits::SmemAtom;
-  template <int kRowsN>
-  using RowsLayout = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kRowsN>, Int<kHeadDim>>{}));
-  template <int kRowsN>
+  template <int kRowsN, int kCols = kHeadDim>
+  using RowsLayout = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kRowsN>, Int<kCols>>{}));
+  template <int kRowsN, int kCols = kHeadDim>
   using RowsLayoutT =
-      decltype(composition(RowsLayout<kRowsN>{}, make_layout(Shape<Int<kHeadDim>, Int<kRowsN>>{}, GenRowMajor{})));
+      decltype(composition(RowsLayout<kRowsN, kCols>{}, make_layout(Shape<Int<kCols>, Int<kRowsN>>{}, GenRowMajor{})));
   using SmemLayoutRows = RowsLayout<kTileQ>;
   using SmemLayoutRowsT = RowsLayoutT<kTileQ>;
   using SmemLayoutRowsTPlain = decltype(get_nonswizzle_portion(SmemLayoutRowsT{}));
   using SmemLayoutKV = RowsLayout<kTileKV>;
   using SmemLayoutKVT = RowsLayoutT<kTileKV>;
   using SmemLayoutKVTPlain = decltype(get_nonswizzle_portion(SmemLayoutKVT{}));
+  // Columns [c * kDqChunk, +kDqChunk) of K, read transposed for the dQ product. The tile is laid out
+  // in whole swizzle atoms of kSmemK columns, column blocks outermost, so such a chunk starts
+  // c * kTileKV * kDqChunk elements in and is laid out as a (kTileKV, kDqChunk) tile of its own (the
+  // offset leaves the swizzle's bits alone).
+  static_assert(kDqChunk == kHeadDim || kDqChunk % Traits::kSmemK == 0, "chunks of whole swizzle atoms");
+  using SmemLayoutKVTChunk = RowsLayoutT<kTileKV, kDqChunk>;
+  using SmemLayoutKVTChunkPlain = decltype(get_nonswizzle_portion(SmemLayoutKVTChunk{}));
+  static constexpr int dq_chunk_offset(int chunk) { return chunk * kTileKV * kDqChunk; }
   // (keys, queries) tiles: P^T and dS^T; dS^T read transposed as (queries, keys) for dQ.
   using SmemAtomPdS = decltype(composition(Swizzle<3, 3, 3>{}, Layout<Shape<_8, Int<kTileQ>>, Stride<Int<kTileQ>, _1>>{}));
   using SmemLayoutPdS = decltype(tile_to_shape(SmemAtomPdS{}, Shape<Int<kTileKV>, Int<kTileQ>>{}));
@@ -106,8 +124,8 @@ struct BwdConfig {
   static constexpr int kSmemMask = MaskTileElem::kSmemBytes > MaskTileBool::kSmemBytes ? MaskTileElem::kSmemBytes
                                                                                        : MaskTileBool::kSmemBytes;
   static constexpr int smem_bytes(bool has_mask, bool has_bias) {
-    // K, V; Q, dO and the row statistics twice (the next step's land during this one).
-    return 2 * kSmemKV + 4 * kSmemRows + 2 * kSmemPdS + 2 * kSmemStats + kSmemReduce + kSmemList +
+    // K, V; Q and dO kRowBuffers times, the row statistics twice (the next step's land during this one).
+    return 2 * kSmemKV + 2 * kRowBuffers * kSmemRows + 2 * kSmemPdS + 2 * kSmemStats + kSmemReduce + kSmemList +
            (has_bias ? BiasTile::kSmemBytes : 0) + (has_mask ? kSmemMask : 0);
   }
 };
@@ -167,9 +185,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) bwd_kernel(con
   Element* smem_k = reinterpret_cast<Element*>(smem);
   Element* smem_v = smem_k + cosize(typename Cfg::SmemLayoutKV{});
   constexpr int kRowsElems = cosize(typename Cfg::SmemLayoutRows{});
-  Element* smem_q = smem_v + cosize(typename Cfg::SmemLayoutKV{});  // two buffers
-  Element* smem_do = smem_q + 2 * kRowsElems;  // two buffers
-  Element* smem_p = smem_do + 2 * kRowsElems;
+  constexpr int kRowBuffers = Cfg::kRowBuffers;
+  Element* smem_q = smem_v + cosize(typename Cfg::SmemLayoutKV{});  // kRowBuffers buffers
+  Element* smem_do = smem_q + kRowBuffers * kRowsElems;  // kRowBuffers buffers
+  Element* smem_p = smem_do + kRowBuffers * kRowsElems;
   Element* smem_ds = smem_p + cosize(typename Cfg::SmemLayoutPdS{});
   float* smem_stats = reinterpret_cast<float*>(smem_ds + cosize(typename Cfg::SmemLayoutPdS{}));
   float* smem_reduce = smem_stats + 2 * 3 * kTileQ;  // stats: two buffers
@@ -181,9 +200,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) bwd_kernel(con
 
   Tensor sK = make_tensor(make_smem_ptr(smem_k), typename Cfg::SmemLayoutKV{});
   Tensor sV = make_tensor(make_smem_ptr(smem_v), typename Cfg::SmemLayoutKV{});
-  Tensor sKt = make_tensor(make_smem_ptr(smem_k), typename Cfg::SmemLayoutKVT{});
   Tensor sRowsTPlain = make_tensor(make_smem_ptr(smem_q), typename Cfg::SmemLayoutRowsTPlain{});
-  Tensor sKVTPlain = make_tensor(make_smem_ptr(smem_k), typename Cfg::SmemLayoutKVTPlain{});
+  Tensor sKVTChunkPlain = make_tensor(make_smem_ptr(smem_k), typename Cfg::SmemLayoutKVTChunkPlain{});
   Tensor sP = make_tensor(make_smem_ptr(smem_p), typename Cfg::SmemLayoutPdS{});
   Tensor sdS = make_tensor(make_smem_ptr(smem_ds), typename Cfg::SmemLayoutPdS{});
   Tensor sdST = make_tensor(make_smem_ptr(smem_ds), typename Cfg::SmemLayoutPdST{});
@@ -197,7 +215,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) bwd_kernel(con
   auto copy_b_t = make_tiled_copy_B(typename Cfg::SmemCopyT{}, mma);
 
   using KVShape = Shape<Int<kTileKV>, Int<kHeadDim>>;
-  using RowsShape = Shape<Int<kTileQ>, Int<kHeadDim>>;
   using ScoreShape = Shape<Int<kTileKV>, Int<kTileQ>>;  // (keys, queries)
   Tensor acc_dk = partition_fragment_C(mma, KVShape{});
   Tensor acc_dv = partition_fragment_C(mma, KVShape{});
@@ -261,12 +278,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) bwd_kernel(con
     typename Cfg::BiasTile(sc.bias, b, h, row0, s.seqlen_q).load(smem_bias, k0, s.seqlen_k - k0, tid);
   };
 
-  // What one query step loads into buffer buf: Q, dO and the row statistics. An entry is
-  // step * 2 + (its plan tile is fully kept).
+  // What one query step loads into buffer buf: Q, dO (into buffer 0 if they have one) and the row
+  // statistics. An entry is step * 2 + (its plan tile is fully kept).
   auto load_step_rows = [&](int h, int entry, int buf) {
     const int step = entry >> 1, q0 = step * kTileQ;
-    Tensor sQ = make_tensor(make_smem_ptr(smem_q + buf * kRowsElems), typename Cfg::SmemLayoutRows{});
-    Tensor sdO = make_tensor(make_smem_ptr(smem_do + buf * kRowsElems), typename Cfg::SmemLayoutRows{});
+    const int rows_at = (kRowBuffers == 2 ? buf : 0) * kRowsElems;
+    Tensor sQ = make_tensor(make_smem_ptr(smem_q + rows_at), typename Cfg::SmemLayoutRows{});
+    Tensor sdO = make_tensor(make_smem_ptr(smem_do + rows_at), typename Cfg::SmemLayoutRows{});
     float* stats = smem_stats + buf * 3 * kTileQ;
     load_rows(p.q, h, s.seqlen_q, step, sQ);
     load_rows(p.dout, h, s.seqlen_q, step, sdO);
@@ -320,10 +338,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) bwd_kernel(con
 
   auto run_step = [&](int h, int entry, int next_entry, int buf) {
     const int step = entry >> 1, q0 = step * kTileQ;
-    Tensor sQ = make_tensor(make_smem_ptr(smem_q + buf * kRowsElems), typename Cfg::SmemLayoutRows{});
-    Tensor sdO = make_tensor(make_smem_ptr(smem_do + buf * kRowsElems), typename Cfg::SmemLayoutRows{});
-    Tensor sQt = make_tensor(make_smem_ptr(smem_q + buf * kRowsElems), typename Cfg::SmemLayoutRowsT{});
-    Tensor sdOt = make_tensor(make_smem_ptr(smem_do + buf * kRowsElems), typename Cfg::SmemLayoutRowsT{});
+    const int rows_at = (kRowBuffers == 2 ? buf : 0) * kRowsElems;
+    Tensor sQ = make_tensor(make_smem_ptr(smem_q + rows_at), typename Cfg::SmemLayoutRows{});
+    Tensor sdO = make_tensor(make_smem_ptr(smem_do + rows_at), typename Cfg::SmemLayoutRows{});
+    Tensor sQt = make_tensor(make_smem_ptr(smem_q + rows_at), typename Cfg::SmemLayoutRowsT{});
+    Tensor sdOt = make_tensor(make_smem_ptr(smem_do + rows_at), typename Cfg::SmemLayoutRowsT{});
     const float* stats = smem_stats + buf * 3 * kTileQ;
     const bool masked = kHasMask && !(entry & 1);
     const bool check = masked || k0 + kTileKV > s.seqlen_k || (sc.causal && k0 + kTileKV - 1 > q0 + diag);
@@ -341,7 +360,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) bwd_kernel(con
     cp_async_wait<0>();  // this step's loads (and K, V, per-head tiles) have landed
     __syncthreads();
     // The next step's rows stream into the other buffer, last read by the previous step.
-    if (next_entry >= 0) load_step_rows(h, next_entry, buf ^ 1);
+    if (kRowBuffers == 2 && next_entry >= 0) load_step_rows(h, next_entry, buf ^ 1);
 
     Tensor acc_s = partition_fragment_C(mma, ScoreShape{});   // S^T (keys, queries)
     Tensor acc_dp = partition_fragment_C(mma, ScoreShape{});  // dP^T
@@ -488,20 +507,33 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) bwd_kernel(con
     // first barrier already keeps its loads and stage writes behind this step's reads.
     static_assert(kScoresApart || (!kHasMask && !kHasBias), "per-query tiles load after a barrier");
 
-    Tensor acc_dq = partition_fragment_C(mma, RowsShape{});  // (queries, D)
-    clear(acc_dq);
-    gemm_tiles(mma, acc_dq, sdST, sKt, sdSTPlain, sKVTPlain, copy_a_t, copy_b_t);  // dQ = dS K
-    int32_t* dq_turn = nullptr;
-    if (params.dq_turn != nullptr) {
-      dq_turn = params.dq_turn + (int64_t(b) * s.heads + h) * q_steps_pad + step;
-      wait_turn(dq_turn, dq_rank(h, step));
+    if constexpr (kRowBuffers == 1) {
+      __syncthreads();  // every warp is done with Q and dO: the next step's may land in their buffer
+      if (next_entry >= 0) load_step_rows(h, next_entry, buf ^ 1);
     }
-    Tensor coord_dq_acc = thr_mma.partition_C(make_identity_tensor(RowsShape{}));
-    float* dq_rows = params.dq_accum + ((int64_t(b) * s.heads + h) * params.q_pad + q0) * params.dq_stride;
-    // Accumulator values come in pairs of adjacent columns.
+
+    // dQ = dS K, kDqChunk columns of D a pass, each pass's values added as soon as they are made.
+    using DqShape = Shape<Int<kTileQ>, Int<Cfg::kDqChunk>>;  // (queries, a chunk of D)
+    int32_t* dq_turn = nullptr;
     CUTE_UNROLL
-    for (int i = 0; i < size(acc_dq); i += 2)
-      add_pair(dq_rows + get<0>(coord_dq_acc(i)) * params.dq_stride + get<1>(coord_dq_acc(i)), acc_dq(i), acc_dq(i + 1));
+    for (int chunk = 0; chunk < kHeadDim / Cfg::kDqChunk; ++chunk) {
+      Tensor sKt = make_tensor(make_smem_ptr(smem_k + Cfg::dq_chunk_offset(chunk)), typename Cfg::SmemLayoutKVTChunk{});
+      Tensor acc_dq = partition_fragment_C(mma, DqShape{});
+      clear(acc_dq);
+      gemm_tiles(mma, acc_dq, sdST, sKt, sdSTPlain, sKVTChunkPlain, copy_a_t, copy_b_t);
+      if (chunk == 0 && params.dq_turn != nullptr) {
+        dq_turn = params.dq_turn + (int64_t(b) * s.heads + h) * q_steps_pad + step;
+        wait_turn(dq_turn, dq_rank(h, step));
+      }
+      Tensor coord_dq_acc = thr_mma.partition_C(make_identity_tensor(DqShape{}));
+      float* dq_rows = params.dq_accum + ((int64_t(b) * s.heads + h) * params.q_pad + q0) * params.dq_stride +
+                       chunk * Cfg::kDqChunk;
+      // Accumulator values come in pairs of adjacent columns.
+      CUTE_UNROLL
+      for (int i = 0; i < size(acc_dq); i += 2)
+        add_pair(dq_rows + get<0>(coord_dq_acc(i)) * params.dq_stride + get<1>(coord_dq_acc(i)), acc_dq(i),
+                 acc_dq(i + 1));
+    }
     if (dq_turn != nullptr) pass_turn(dq_turn);
   };
 
@@ -562,6 +594,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks) bwd_kernel(con
         seen += n;
         if (i0 >= i1) continue;
         ran = true;
+        // The previous chunk's last step may have run on buffer 0 and have warps still reading its Q
+        // and dO (no barrier follows dK's product there): without a mask nothing else orders this
+        // load after them.
+        if constexpr (!kHasMask) __syncthreads();
         load_step_rows(h, entry_at(i0), 0);
         load_step_tiles(h, entry_at(i0));
         for (int i = i0; i < i1; ++i) run_step(h, entry_at(i), i + 1 < i1 ? entry_at(i + 1) : -1, (i - i0) & 1);

@@ -58,15 +58,16 @@ dmattn_status probe(int32_t device, char* msg, size_t msg_len) {
   return DMATTN_STATUS_SUCCESS;
 }
 
-// `bucket` is the head-dim bucket the kernel table would hold the kernel under (0: none fits).
+// `bucket` is the head-dim bucket the kernel table would hold the kernel under (0: none fits);
+// `hint`, if any, says how a build would get it.
 dmattn_status missing_kernel(const char* direction, DType dtype, int head_dim, int bucket, char* msg,
-                             size_t msg_len) {
+                             size_t msg_len, const char* hint = "") {
   char bucket_note[48] = "";
   if (bucket != head_dim) std::snprintf(bucket_note, sizeof(bucket_note), " (bucket %d)", bucket);
   std::snprintf(msg, msg_len,
-                "the CUDA %s kernel (%s, %s, head_dim %d%s) is not implemented in this build of flash-dmattn; "
+                "the CUDA %s kernel (%s, %s, head_dim %d%s) is not implemented in this build of flash-dmattn%s; "
                 "use the 'reference' or 'flex' backend meanwhile",
-                direction, DMATTN_FAMILY_NAME, dtype_name(dtype), head_dim, bucket_note);
+                direction, DMATTN_FAMILY_NAME, dtype_name(dtype), head_dim, bucket_note, hint);
   return DMATTN_STATUS_NOT_IMPLEMENTED;
 }
 
@@ -123,7 +124,11 @@ dmattn_status bwd_workspace_size(const BwdProblem* p, size_t* bytes, char*, size
 dmattn_status launch_bwd_row(const BwdProblem& p, char* msg, size_t msg_len) {
   const int bucket = head_dim_bucket(p.shape.head_dim);
 #include "bwd_dispatch.inc"
-  return missing_kernel("backward", p.dtype, p.shape.head_dim, bucket, msg, msg_len);
+  // cmake/kernels.cmake leaves these out unless DMATTN_BWD_WIDE_HEAD_DIMS is on.
+  const char* hint = bucket > 128 ? " (the backward's head dims 192 and 256 are built with DMATTN_BWD_WIDE_HEAD_DIMS=ON; "
+                                    "not yet run on a GPU)"
+                                  : "";
+  return missing_kernel("backward", p.dtype, p.shape.head_dim, bucket, msg, msg_len, hint);
 }
 
 dmattn_status bwd(const BwdProblem* p, char* msg, size_t msg_len) {

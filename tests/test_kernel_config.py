@@ -1,0 +1,69 @@
+"""The backward kernel's compile-time configuration, checked on the host without a GPU: a small
+program (kernel_config/bwd_config_check.cu) built against the kernel's own header with nvcc and the
+CUTLASS headers the build used checks that the dQ product's K^T chunks address exactly what the
+whole tile's view does and that each variant's shared memory fits the GPUs its library serves."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cutlass_include() -> Path | None:
+    """CUTLASS_DIR, else the copy ci/build_wheel_host.sh unpacked, else the nvidia-cutlass package."""
+    candidates = []
+    if os.environ.get("CUTLASS_DIR"):
+        candidates += [Path(os.environ["CUTLASS_DIR"]), Path(os.environ["CUTLASS_DIR"]) / "include"]
+    candidates.append(ROOT / "build/cutlass/cutlass_library/source/include")
+    spec = importlib.util.find_spec("cutlass_library")
+    if spec is not None and spec.origin:
+        candidates.append(Path(spec.origin).parent / "source" / "include")
+    return next((c for c in candidates if (c / "cute" / "tensor.hpp").exists()), None)
+
+
+def test_backward_config_chunks_and_shared_memory(tmp_path):
+    nvcc = shutil.which("nvcc") or (shutil.which("nvcc", path="/usr/local/cuda/bin"))
+    include = cutlass_include()
+    if nvcc is None or include is None:
+        # CI compiles the kernels, so both are there: a skip there would hide this check.
+        assert os.environ.get("FLASH_DMATTN_REQUIRE_BUILD") != "1", f"nvcc {nvcc}, CUTLASS headers {include}"
+        pytest.skip(f"needs nvcc and the CUTLASS headers (nvcc: {nvcc}, CUTLASS: {include})")
+    exe = tmp_path / "bwd_config_check"
+    build = subprocess.run(
+        [nvcc, "-std=c++17", "--expt-relaxed-constexpr", "-DDMATTN_FAMILY_SM=90", f"-I{ROOT / 'src'}",
+         f"-I{ROOT / 'src/include'}", f"-I{include}", str(ROOT / "tests/kernel_config/bwd_config_check.cu"),
+         "-o", str(exe)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-4000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert run.returncode == 0 and "0 failures" in run.stdout, run.stdout + run.stderr
+    # The wide head dims take the one-buffer, chunked-dQ configuration; the others keep theirs.
+    assert "D=256 tile_kv=64 dq_chunk=64 row_buffers=1" in run.stdout
+    assert "D=128 tile_kv=128 dq_chunk=128 row_buffers=2" in run.stdout
+
+
+def kernel_rows(*defines: str) -> list[str]:
+    """The sm90 family's kernel-table rows from cmake/kernels.cmake, with -D definitions."""
+    script = ROOT / "tests/kernel_config/print_rows.cmake"
+    result = subprocess.run(["cmake", *(f"-D{d}" for d in defines), "-P", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    line = next(ln for ln in result.stderr.splitlines() if ln.startswith("ROWS="))
+    return line[len("ROWS="):].split(";")
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not on PATH")
+def test_wide_backward_rows_only_when_asked_for():
+    """The backward's D = 192/256 kernels have not run on a GPU yet: a plain build leaves them out (the
+    library then answers NOT_IMPLEMENTED for them), DMATTN_BWD_WIDE_HEAD_DIMS=ON adds them."""
+    plain = kernel_rows()
+    assert "sm90:bwd:bf16:128" in plain and "sm90:fwd:bf16:256" in plain
+    assert not any(r.startswith("sm90:bwd:") and r.endswith((":192", ":256")) for r in plain)
+    wide = kernel_rows("DMATTN_BWD_WIDE_HEAD_DIMS=ON")
+    assert set(wide) - set(plain) == {f"sm90:bwd:{t}:{d}" for t in ("fp16", "bf16") for d in (192, 256)}
+    assert kernel_rows("DMATTN_BWD_WIDE_HEAD_DIMS=ON", "DMATTN_HEAD_DIMS=256") == [
+        "sm90:fwd:fp16:256", "sm90:fwd:bf16:256", "sm90:bwd:fp16:256", "sm90:bwd:bf16:256"]
