@@ -38,10 +38,23 @@ def test_report_names_versions_backends_and_reasons():
     if not torch.cuda.is_available():
         assert "available: reference" in out and "flex          unavailable: no CUDA device" in out
     if flash_dmattn.backends.cuda.is_built():
-        assert "archs" in out and "head dims" in out and "dtypes" in out
+        assert "archs" in out and "head dims     forward" in out and "; backward" in out and "dtypes" in out
     else:
         assert "CUDA backend    not built" in out
         assert "cuda          unavailable: the CUDA backend was not built" in out
+
+
+def test_report_gives_each_direction_its_own_head_dims():
+    """A default build holds forward kernels up to D=256 but backward ones up to 128: one merged list
+    would claim a backward the library does not have."""
+    from flash_dmattn.__main__ import render
+
+    facts = json.loads(_run("--json").stdout)
+    facts["cuda_backend"] = {"built": True, "library": "libdmattn.so", "unavailable_reason": None, "info": {
+        "kernels": ["sm90:fwd:bf16:64", "sm90:fwd:fp16:256", "sm90:bwd:bf16:64", "sm80:fwd:bf16:128"]}}
+    assert "  head dims     forward 64, 128, 256; backward 64\n" in render(facts)
+    facts["cuda_backend"]["info"]["kernels"] = ["sm90:fwd:bf16:64"]
+    assert "  head dims     forward 64; backward none\n" in render(facts)
 
 
 def test_cmake_dir_and_include_dir_print_only_the_path():

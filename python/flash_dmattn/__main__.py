@@ -59,6 +59,17 @@ def _join(values) -> str:
     return ", ".join(str(v) for v in values) if values else "none"
 
 
+def _head_dims_by_direction(kernels) -> str:
+    """'forward 32, 64; backward 64' from kernel-table rows (family:direction:dtype:head_dim): the
+    directions can hold different head dims (the backward's 192/256 are built only on request)."""
+    dims: dict[str, set[int]] = {"fwd": set(), "bwd": set()}
+    for row in kernels or ():
+        _, direction, _, head_dim = row.split(":")
+        dims.setdefault(direction, set()).add(int(head_dim))
+    parts = [f"{name} {_join(sorted(dims[d]))}" for d, name in (("fwd", "forward"), ("bwd", "backward"))]
+    return "; ".join(parts)
+
+
 def render(facts: dict) -> str:
     lines = [
         f"flash-dmattn    {facts['flash_dmattn']}",
@@ -76,7 +87,7 @@ def render(facts: dict) -> str:
             f"  library       {info.get('version', '?')} (ABI {info.get('abi_version', '?')}), {cuda['library']}",
             f"  archs         {_join(info.get('archs'))}",
             f"  families      {_join(info.get('families'))}",
-            f"  head dims     {_join(info.get('head_dims'))}",
+            f"  head dims     {_head_dims_by_direction(info.get('kernels'))}",
             f"  dtypes        {_join(info.get('dtypes'))}",
             f"  kernels       {len(info.get('kernels') or [])}",
         ]
