@@ -88,8 +88,6 @@ struct BwdConfig {
   using SmemLayoutRowsT = RowsLayoutT<kTileQ>;
   using SmemLayoutRowsTPlain = decltype(get_nonswizzle_portion(SmemLayoutRowsT{}));
   using SmemLayoutKV = RowsLayout<kTileKV>;
-  using SmemLayoutKVT = RowsLayoutT<kTileKV>;
-  using SmemLayoutKVTPlain = decltype(get_nonswizzle_portion(SmemLayoutKVT{}));
   // Columns [c * kDqChunk, +kDqChunk) of K, read transposed for the dQ product. The tile is laid out
   // in whole swizzle atoms of kSmemK columns, column blocks outermost, so such a chunk starts
   // c * kTileKV * kDqChunk elements in and is laid out as a (kTileKV, kDqChunk) tile of its own (the

@@ -29,7 +29,7 @@ template <int kHeadDim, int kTileKV>
 void check_config() {
   using Cfg = BwdConfig<cutlass::bfloat16_t, kHeadDim, kTileKV>;
   typename Cfg::SmemLayoutKV kv;
-  typename Cfg::SmemLayoutKVT kvt;
+  typename Cfg::template RowsLayoutT<kTileKV> kvt;  // the whole tile read transposed
   typename Cfg::SmemLayoutKVTChunk chunk;
   int mismatches = 0;
   for (int c = 0; c < kHeadDim / Cfg::kDqChunk; ++c)
