@@ -6,22 +6,33 @@ negligible; the host path is what is timed). Until the CUDA kernels exist the li
 NOT_IMPLEMENTED at the launch step, so the full-path figure includes raising and catching that
 error; the cost of the raise is measured separately and reported next to it.
 
+--json PATH writes the figures with the machine they came from (CPU model and core count, GPU,
+torch, CUDA, Python, commit, date) and issue 21's host-time targets for the public eager forward
+(<= 10 us without grad, <= 30 us with q requiring grad), each marked met or not. A layer that cannot
+run here (an entry point the package no longer has, say) gets a reason instead of a time.
+
 Usage: python benchmarks/bench_overhead.py [--iters N] [--json PATH]
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import platform
 import time
 
 import torch
 
 import flash_dmattn
-from flash_dmattn.backends import cuda as cuda_backend
+from flash_dmattn import library as cuda_backend
+from perf import git_commit  # benchmarks/perf.py
 
 
 BATCH = 256  # launches per timed batch: well under the driver's launch-queue depth
+NO_GRAD_ROW = "public flash_dmattn_func, no grad (eager path)"
+GRAD_ROW = "public flash_dmattn_func, q requires grad (eager autograd)"
+TARGETS_US = {NO_GRAD_ROW: 10.0, GRAD_ROW: 30.0}  # issue 21, item 2: on the benchmark host's CPU
 
 
 def per_call_us(fn, iters: int) -> float:
@@ -39,6 +50,31 @@ def per_call_us(fn, iters: int) -> float:
         best = min(best, (time.perf_counter() - t0) / BATCH)
         torch.cuda.synchronize()
     return best * 1e6
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def machine(cpu: str) -> dict:
+    """Where the figures come from: host overhead depends on the CPU above all."""
+    return {"date": datetime.date.today().isoformat(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name(), "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.version.cuda, "flash_dmattn": flash_dmattn.__version__, "commit": git_commit()}
+
+
+def targets(rows: dict) -> dict:
+    """{row: {"us", "target_us", "met"}} for the rows issue 21 sets a target on (None where not timed)."""
+    out = {}
+    for name, target in TARGETS_US.items():
+        us = rows.get(name)
+        out[name] = {"us": us, "target_us": target, "met": None if us is None else us <= target}
+    return out
 
 
 def swallow(fn, *exc):
@@ -75,28 +111,34 @@ def main() -> None:
     kernel_missing = "fwd:bf16:64" not in "\n".join(cuda_backend.info()["kernels"])
     exc = (NotImplementedError,) if kernel_missing else ()
 
-    rows = {}
+    rows, not_run = {}, {}
+
+    def time_row(name, fn):
+        """rows[name] = per-call us, or not_run[name] = why this layer could not run here."""
+        try:
+            rows[name] = per_call_us(fn, args.iters)
+        except Exception as exc:  # noqa: BLE001 - one missing layer does not stop the others
+            not_run[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+
     with torch.no_grad():
-        rows["public flash_dmattn_func, no grad (eager path)"] = per_call_us(swallow(
-            lambda: flash_dmattn.flash_dmattn_func(q=q, k=k, v=v, attn_mask=mask, attn_bias=bias), *exc), args.iters)
-        rows["op torch.ops.flash_dmattn.fwd (dispatcher)"] = per_call_us(swallow(
-            lambda: torch.ops.flash_dmattn.fwd(q, k, v, mask, bias, scale, False, 0.0, False), *exc), args.iters)
-        rows["ops.cuda_fwd (the op's CUDA impl)"] = per_call_us(swallow(
-            lambda: ops.cuda_fwd(q, k, v, mask, bias, scale, False, 0.0, False), *exc), args.iters)
-        rows["backends.cuda.fwd"] = per_call_us(swallow(
-            lambda: cuda_backend.fwd(q, k, v, mask, bias, out, lse, scale, False, 0.0), *exc), args.iters)
-        rows["_C.fwd_workspace_size (validate + resolve, success)"] = per_call_us(
-            lambda: _C.fwd_workspace_size(q, k, v, mask, bias, out, lse, scale, 0.0, False), args.iters)
+        time_row(NO_GRAD_ROW, swallow(
+            lambda: flash_dmattn.flash_dmattn_func(q=q, k=k, v=v, attn_mask=mask, attn_bias=bias), *exc))
+        time_row("op torch.ops.flash_dmattn.fwd (dispatcher)", swallow(
+            lambda: torch.ops.flash_dmattn.fwd(q, k, v, mask, bias, scale, False, 0.0, False), *exc))
+        time_row("ops._fwd_cuda (the op's CUDA impl)", swallow(
+            lambda: ops._fwd_cuda(q, k, v, mask, bias, scale, False, 0.0, False), *exc))
+        time_row("library.fwd", swallow(
+            lambda: cuda_backend.fwd(q, k, v, mask, bias, out, lse, scale, False, 0.0), *exc))
+        time_row("_C.fwd_workspace_size (validate + resolve, success)",
+                 lambda: _C.fwd_workspace_size(q, k, v, mask, bias, out, lse, scale, 0.0, False))
         launch_row = "_C.fwd (answers NOT_IMPLEMENTED: raises)" if kernel_missing else "_C.fwd (launches)"
-        rows[launch_row] = per_call_us(swallow(
-            lambda: _C.fwd(q, k, v, mask, bias, out, lse, alloc, scale, 0.0, False, stream), *exc), args.iters)
-        rows["torch.empty_like(q) + torch.empty(lse)"] = per_call_us(
-            lambda: (torch.empty_like(q), torch.empty(B, H, L, device=dev, dtype=torch.float32)), args.iters)
+        time_row(launch_row, swallow(
+            lambda: _C.fwd(q, k, v, mask, bias, out, lse, alloc, scale, 0.0, False, stream), *exc))
+        time_row("torch.empty_like(q) + torch.empty(lse)",
+                 lambda: (torch.empty_like(q), torch.empty(B, H, L, device=dev, dtype=torch.float32)))
     qg = q.clone().requires_grad_(True)
-    rows["public flash_dmattn_func, q requires grad (eager autograd)"] = per_call_us(swallow(
-        lambda: flash_dmattn.flash_dmattn_func(q=qg, k=k, v=v, attn_mask=mask, attn_bias=bias), *exc), args.iters)
-    rows["op torch.ops.flash_dmattn.fwd, q requires grad (registered autograd)"] = per_call_us(swallow(
-        lambda: torch.ops.flash_dmattn.fwd(qg, k, v, mask, bias, scale, False, 0.0, False), *exc), args.iters)
+    time_row(GRAD_ROW, swallow(
+        lambda: flash_dmattn.flash_dmattn_func(q=qg, k=k, v=v, attn_mask=mask, attn_bias=bias), *exc))
     bwd_missing = "bwd:bf16:64" not in "\n".join(cuda_backend.info()["kernels"])
     if not kernel_missing and not bwd_missing:
         kg, vg, bg = (t.clone().requires_grad_(True) for t in (k, v, bias))
@@ -105,36 +147,41 @@ def main() -> None:
         def forward_backward():
             o = flash_dmattn.flash_dmattn_func(q=qg, k=kg, v=vg, attn_mask=mask, attn_bias=bg)
             torch.autograd.grad(o, (qg, kg, vg, bg), dout)
-        rows["forward + backward, q, k, v, bias require grad (eager autograd)"] = per_call_us(forward_backward, args.iters)
+        time_row("forward + backward, q, k, v, bias require grad (eager autograd)", forward_backward)
+        # The same calls through the dispatcher (the path torch.compile, dispatch modes and a torch
+        # without the eager probes take): what skipping it saves.
+        probe, ops._dispatch_stack_len = ops._dispatch_stack_len, None
+        try:
+            time_row("public flash_dmattn_func, q requires grad, through the dispatcher", swallow(
+                lambda: flash_dmattn.flash_dmattn_func(q=qg, k=k, v=v, attn_mask=mask, attn_bias=bias), *exc))
+            time_row("forward + backward through the dispatcher", forward_backward)
+        finally:
+            ops._dispatch_stack_len = probe
+        time_row("op torch.ops.flash_dmattn.bwd (dispatcher)", lambda: torch.ops.flash_dmattn.bwd(
+            dout, q, k, v, mask, bias, out, lse, scale, False, 0.0, False, True))
+    workspace_row = "_C.fwd_workspace_size (validate + resolve, success)"
+    if kernel_missing and {launch_row, workspace_row, NO_GRAD_ROW} <= rows.keys():
+        raise_cost = rows[launch_row] - rows[workspace_row]
+        rows["=> public eager path without the raise (estimate)"] = rows[NO_GRAD_ROW] - raise_cost
 
-        def forward_backward_op():
-            o = torch.ops.flash_dmattn.fwd(qg, kg, vg, mask, bg, scale, False, 0.0, False)[0]
-            torch.autograd.grad(o, (qg, kg, vg, bg), dout)
-        rows["forward + backward through the op (registered autograd)"] = per_call_us(forward_backward_op, args.iters)
-        rows["op torch.ops.flash_dmattn.bwd (dispatcher)"] = per_call_us(
-            lambda: torch.ops.flash_dmattn.bwd(dout, q, k, v, mask, bias, out, lse, scale, False, 0.0, False, True),
-            args.iters)
-    if kernel_missing:
-        raise_cost = rows[launch_row] - rows["_C.fwd_workspace_size (validate + resolve, success)"]
-        rows["=> public eager path without the raise (estimate)"] = (
-            rows["public flash_dmattn_func, no grad (eager path)"] - raise_cost)
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     print(f"host overhead per forward call (q, k, v, mask, bias), best batch of {BATCH} calls queued behind a GPU sleep")
     print(f"cpu: {cpu}; python {platform.python_version()}; torch {torch.__version__}; "
           f"kernel {'missing: figures include raising NotImplementedError' if kernel_missing else 'present'}")
-    width = max(map(len, rows))
+    width = max(map(len, [*rows, *not_run]))
     for name, us in rows.items():
         print(f"  {name:<{width}}  {us:8.2f} us")
+    for name, why in not_run.items():
+        print(f"  {name:<{width}}  not run: {why}")
+    met = targets(rows)
+    for name, t in met.items():
+        verdict = "not timed" if t["met"] is None else "met" if t["met"] else "MISSED"
+        print(f"target: {name} <= {t['target_us']:.0f} us: {verdict}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"cpu": cpu, "torch": torch.__version__, "kernel_missing": kernel_missing,
-                       "us_per_call": rows}, f, indent=2)
+            json.dump({"machine": machine(cpu), "cpu": cpu, "torch": torch.__version__,
+                       "kernel_missing": kernel_missing, "batch": BATCH, "iters": args.iters,
+                       "us_per_call": rows, "not_run": not_run, "targets": met}, f, indent=2)
 
 
 if __name__ == "__main__":

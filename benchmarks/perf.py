@@ -7,6 +7,10 @@
   tile holding a kept pair, counted whole: what a kernel that skips empty tiles at our granularity
   must compute). Dense peers compute every tile causal attention touches.
 - Peak memory: what one call allocates beyond its inputs (torch's allocator).
+- Peers at their best: SDPA gets k and v with their own H_kv heads and enable_gqa=True, FlexAttention
+  enable_gqa=True, never K/V heads repeated to H. An SDPA row records the backends it was allowed
+  (sdpa_backends: one forced, or "default" for SDPA's own choice), the one that ran (sdpa_backend,
+  from one profiled call) and gqa ("native" where H != H_kv).
 - Rows: one dict per (config, system) with the figures above, the measured density and a note;
   a system that cannot run a config gets a row with no time and the reason.
 - Output: a compact table on stdout as rows arrive, JSON with every figure and the machine facts,
@@ -33,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sparse_masks import density, kept_pairs, topw_key_blocks, topw_row_blocks  # noqa: E402
 
 import flash_dmattn  # noqa: E402
-from flash_dmattn.bench import ProgressBar, time_ms  # noqa: E402
+from flash_dmattn.bench import ProgressBar, sdpa_backend_ran, time_ms  # noqa: E402
 
 DT = torch.bfloat16
 DEVICE = "cuda"  # the tests run the machinery on "cpu" at toy sizes
@@ -42,7 +46,10 @@ FLOPS_PER_PAIR_D = {"forward": 4, "backward": 10, "forward+backward": 14}  # 2 (
 ROTATION_L2_MULTIPLE = 3
 MAX_COPIES = 64
 WARMUP, REPS = 3, 20
-PEERS = ("schedule", "dense", "sdpa-flash", "sdpa-mask", "flex")  # what masked_case can add next to ours
+PEERS = ("schedule", "dense", "sdpa-flash", "sdpa-default", "sdpa-mask", "flex")  # what masked_case can add
+# --only's names for sets of groups (each script adds its own): "gqa" is the groups with an SDPA peer on
+# a GQA shape (H != H_kv), the ones whose SDPA numbers changed when SDPA got its K/V heads unrepeated.
+GQA_ALIAS = "gqa"
 SKIPPED_PEERS: set[str] = set()  # --skip: peers left out of masked_case (quick A/B runs of our kernels)
 
 
@@ -168,18 +175,20 @@ def failure(exc: BaseException) -> str:
 
 
 def measure(fns: Callable[[], Sequence[Callable]], *, inference: bool, warmup: Optional[int] = None,
-            reps: Optional[int] = None):
-    """(median ms, peak MB, "") over the callables fns() makes (rotated copies; making them may
-    record forwards), or (None, None, reason) when the system cannot run the configuration: a
-    missing kernel or a peer's limit is a result, not a crash."""
+            reps: Optional[int] = None, probe: Optional[Callable[[Callable], object]] = None):
+    """(median ms, peak MB, "", probe(first callable) or None) over the callables fns() makes
+    (rotated copies; making them may record forwards), or (None, None, reason, None) when the system
+    cannot run the configuration: a missing kernel or a peer's limit is a result, not a crash. The
+    probe runs after the timed calls, so what it costs (a profiler) is not timed."""
     try:
         with torch.inference_mode(inference):
             made = list(fns())
             ms = time_ms(made, torch.device(DEVICE), WARMUP if warmup is None else warmup, REPS if reps is None else reps)
             mem = peak_mb(made[0])
-        return ms, mem, ""
+            probed = probe(made[0]) if probe is not None else None
+        return ms, mem, "", probed
     except Exception as exc:  # noqa: BLE001 - any peer failure is reported in its row
-        return None, None, failure(exc)
+        return None, None, failure(exc), None
 
 
 def row(group, config, system, ms, *, mode, D, kept, computed, dens, mem=None, note="", **extra):
@@ -221,32 +230,59 @@ def ours(mask=None, bias=None, causal=False):
                                                              is_causal=causal))
 
 
-def sdpa(backends, attn_mask=None, causal=False):
-    """make(inputs) for SDPA in its (B, H, L, D) layout: q, k, v handed over already transposed
-    (and kv heads repeated, see sdpa_layout), so the timed call is SDPA's alone."""
+SDPA_NAMES = {SDPBackend.FLASH_ATTENTION: "flash", SDPBackend.EFFICIENT_ATTENTION: "efficient",
+              SDPBackend.CUDNN_ATTENTION: "cudnn", SDPBackend.MATH: "math"}
+
+
+def sdpa(backends=None, attn_mask=None, causal=False):
+    """make(inputs) for SDPA over (q, k, v) in its layout (sdpa_layout: k and v keep their H_kv heads),
+    with enable_gqa=True: SDPA maps query head h to kv head h // (H / H_kv) itself, as a user with GQA
+    calls it (a no-op where H = H_kv). Under sdpa_kernel(backends), or SDPA's own choice for None.
+    make.sdpa_backends names what it may run ("flash", "cudnn,efficient", "default"); timed() records
+    it and the backend that ran."""
     def make(t):
+        def call():
+            return F.scaled_dot_product_attention(t[0], t[1], t[2], attn_mask=attn_mask, is_causal=causal,
+                                                  enable_gqa=True)
+        if backends is None:
+            return call
+
         def run():
             with sdpa_kernel(backends):
-                return F.scaled_dot_product_attention(t[0], t[1], t[2], attn_mask=attn_mask, is_causal=causal)
+                return call()
         return run
+    listed = [] if backends is None else list(backends) if isinstance(backends, (list, tuple)) else [backends]
+    make.sdpa_backends = ",".join(SDPA_NAMES[b] for b in listed) or "default"
     return make
 
 
 def sdpa_layout(q, k, v):
-    """(B, L, H, D) -> SDPA's (B, H, L, D), kv heads repeated to H (outside any timed call)."""
-    H = q.shape[2]
-    return tuple(t.detach().transpose(1, 2).repeat_interleave(H // t.shape[2], dim=1).contiguous()
-                 .requires_grad_(t.requires_grad) for t in (q, k, v))
+    """(B, L, H, D) -> SDPA's (B, H, L, D), each with its own heads: k and v keep H_kv (outside any
+    timed call)."""
+    return tuple(t.detach().transpose(1, 2).contiguous().requires_grad_(t.requires_grad) for t in (q, k, v))
 
 
-def float_mask(keep, bias, B, H, Q, K, causal=True):
-    """SDPA's additive mask for (keep, bias, causal): dense (B, H, Q, K) in bf16, as SDPA needs it."""
-    m = bias.detach().repeat_interleave(H // bias.shape[1], dim=1).expand(B, H, Q, K).to(DT).clone()
-    allowed = keep.repeat_interleave(H // keep.shape[1], dim=1).expand(B, H, Q, K)
+def float_mask(keep, bias, H, Q, K, causal=True):
+    """SDPA's additive mask for (keep, bias, causal), in bf16: (B, 1, Q, K) when keep and bias have
+    one kv head (SDPA broadcasts it over the query heads), else (B, H, Q, K). SDPA's attn_mask has a
+    head axis of 1 or H, and no stride maps query head h to kv head h // (H / H_kv), so a mask with
+    content per kv head is repeated to the H query heads (repeated_mask_note says so in the row)."""
+    B, mask_heads = keep.shape[0], max(keep.shape[1], bias.shape[1])
+    m = bias.detach().expand(B, mask_heads, Q, K).to(DT).clone()
+    allowed = keep.expand(B, mask_heads, Q, K)
     if causal:
-        rows = torch.arange(Q, device=DEVICE)[:, None]
-        allowed = allowed & (torch.arange(K, device=DEVICE)[None, :] <= rows + K - Q)
-    return m.masked_fill_(~allowed, float("-inf"))
+        rows = torch.arange(Q, device=keep.device)[:, None]
+        allowed = allowed & (torch.arange(K, device=keep.device)[None, :] <= rows + K - Q)
+    m.masked_fill_(~allowed, float("-inf"))
+    return m if mask_heads in (1, H) else m.repeat_interleave(H // mask_heads, dim=1)
+
+
+def repeated_mask_note(mask_heads: int, H: int) -> str:
+    """The note of an SDPA row whose float mask had to be repeated from mask_heads to H heads."""
+    if mask_heads in (1, H):
+        return ""
+    return (f"float mask repeated from {mask_heads} kv heads to H={H} (SDPA's attn_mask takes 1 or H heads; "
+            f"K/V stay at {mask_heads})")
 
 
 _compiled_flex = None
@@ -267,7 +303,7 @@ def flex(keep, bias, causal, B, H, Q, K):
         return kept & (kj <= qi + K - Q) if causal else kept
 
     build = lambda: create_block_mask(mask_mod, B, H, Q, K, device=DEVICE)  # noqa: E731
-    build_ms, _, _ = measure(lambda: [build], inference=True, warmup=1, reps=3)
+    build_ms, *_ = measure(lambda: [build], inference=True, warmup=1, reps=3)
     try:
         block_mask = build()
     except Exception as exc:  # noqa: BLE001 - say which step failed
@@ -336,18 +372,31 @@ def in_mode(make: Callable[[tuple], Callable], mode: str, extra_wrt: Sequence[to
 
 def timed(group, config, system, make, inputs, *, mode, D, kept, computed, dens, shared=(), extra_wrt=(), note="",
           **extra):
-    """One row: `make`'s forward timed in `mode` over rotated copies of `inputs`."""
-    ms, mem, reason = measure(lambda: rotated(in_mode(make, mode, extra_wrt), inputs, shared), inference=mode == "forward")
+    """One row: `make`'s forward timed in `mode` over rotated copies of `inputs`. For an SDPA peer
+    (make from sdpa(), inputs in sdpa_layout) the row also holds sdpa_backends (what it was allowed),
+    sdpa_backend (what ran: one call of what was timed, profiled), gqa ("native": k/v went in with
+    their H_kv heads and enable_gqa; "n/a" where H = H_kv), and the backend in its note."""
+    allowed = getattr(make, "sdpa_backends", None)
+    probe = (lambda fn: sdpa_backend_ran(fn, torch.device(DEVICE))) if allowed else None
+    ms, mem, reason, ran = measure(lambda: rotated(in_mode(make, mode, extra_wrt), inputs, shared),
+                                   inference=mode == "forward", probe=probe)
+    if allowed:
+        gqa = "native" if inputs[0].shape[1] != inputs[1].shape[1] else "n/a"
+        extra.update(sdpa_backends=allowed, sdpa_backend=ran, gqa=gqa, H=inputs[0].shape[1], H_kv=inputs[1].shape[1])
+        if ran:
+            chose = "SDPA's choice" if allowed == "default" else f"allowed {allowed}"
+            note = f"SDPA ran {ran} ({chose}, GQA {gqa}) {note}"
     return row(group, config, system, ms, mode=mode, D=D, kept=kept, computed=computed, dens=dens, mem=mem,
-               note=(note + " " + reason).strip(), **extra)
+               note=(note.strip() + " " + reason).strip(), **extra)
 
 
 def masked_case(group, config, B, H, H_kv, Q, K, D, w, form, peers, *, mode, **extra):
     """Rows for one shape with a top-w mask (form "key" or "row", see topw_mask) and the per-key
     score as a bias (requiring grad outside the forward): ours, and the peers asked for among
     "schedule" (ours with a mask keeping nothing: the schedule build and launches), "dense" (ours
-    without a mask), "sdpa-flash" (dense, no mask), "sdpa-mask" (the equivalent float mask, whose
-    bias gets no gradient) and "flex" (kernel, and BlockMask build apart)."""
+    without a mask), "sdpa-flash" (dense, no mask, flash backend forced), "sdpa-default" (the same,
+    backend of SDPA's choosing), "sdpa-mask" (the equivalent float mask on cuDNN or the efficient
+    backend, whose bias gets no gradient) and "flex" (kernel, and BlockMask build apart)."""
     peers = tuple(p for p in peers if p not in SKIPPED_PEERS)
     grad = mode != "forward"
     causal = Q > 1  # one query row sees every key under bottom-right causal: run it without
@@ -373,14 +422,18 @@ def masked_case(group, config, B, H, H_kv, Q, K, D, w, form, peers, *, mode, **e
     if "sdpa-flash" in peers:
         out.append(timed(group, config, "sdpa-flash dense causal", sdpa(SDPBackend.FLASH_ATTENTION, causal=causal),
                          sdpa_layout(q, k, v), kept=dense_kept, computed=cmp_dense, dens=1.0, reference=True, **common))
+    if "sdpa-default" in peers:
+        out.append(timed(group, config, "sdpa-default dense causal", sdpa(causal=causal), sdpa_layout(q, k, v),
+                         kept=dense_kept, computed=cmp_dense, dens=1.0, reference=True, **common))
     if "sdpa-mask" in peers:
         name = "sdpa cudnn/efficient float mask"
         try:
-            fm = float_mask(keep, bias, B, H, Q, K, causal)
+            fm = float_mask(keep, bias, H, Q, K, causal)
             out.append(timed(group, config, name, sdpa([SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
                                                        attn_mask=fm),
                              sdpa_layout(q, k, v), shared=(fm,), kept=kept, dens=dens,
-                             computed=computed_pairs(None, B, H, Q, K, False), **common))
+                             computed=computed_pairs(None, B, H, Q, K, False),
+                             note=repeated_mask_note(max(keep.shape[1], bias.shape[1]), H), **common))
             del fm
         except torch.OutOfMemoryError as exc:
             out.append(row(group, config, name, None, kept=kept, computed=0, dens=dens,
@@ -389,7 +442,8 @@ def masked_case(group, config, B, H, H_kv, Q, K, D, w, form, peers, *, mode, **e
         try:
             make, build_ms = flex(keep, bias, causal, B, H, Q, K)
             out.append(timed(group, config, "flex kernel", make, (q, k, v), shared=(bias,), extra_wrt=bias_wrt,
-                             kept=kept, computed=cmp_sparse, dens=dens, **common))
+                             kept=kept, computed=cmp_sparse, dens=dens, gqa="native" if H != H_kv else "n/a",
+                             **common))
             out.append(row(group, config, "flex BlockMask build", build_ms, kept=0, computed=0, dens=dens,
                            note="rebuilt every step for a dynamic mask", **common))
         except Exception as exc:  # noqa: BLE001 - a peer failing is a result, not a crash
@@ -403,7 +457,7 @@ def masked_case(group, config, B, H, H_kv, Q, K, D, w, form, peers, *, mode, **e
 def shapes_group(quick: bool, mode: str) -> list[dict]:
     """Sweeps of batch, query heads, GQA ratio and head dim around one shape (B=2 H=16 H_kv=4 D=128
     L=4096, causal, a 12.5% top-w per-key mask with the per-key score as bias): ours sparse against
-    our dense causal, SDPA flash and Flex, one plot series per sweep."""
+    our dense causal, SDPA (flash, and its own choice) and Flex, one plot series per sweep."""
     base = dict(B=2, H=16, H_kv=4, D=128)
     L = 4096
     sweeps = (("batch", "B", (1, 8) if quick else (1, 2, 4, 8), lambda x: dict(B=x)),
@@ -416,13 +470,14 @@ def shapes_group(quick: bool, mode: str) -> list[dict]:
             c = {**base, **change(x)}
             config = f"B={c['B']} H={c['H']} H_kv={c['H_kv']} D={c['D']} L={L} W=L/8"
             out += masked_case("shapes", config, c["B"], c["H"], c["H_kv"], L, L, c["D"], L // 8, "key",
-                               ("dense", "sdpa-flash") + (() if quick else ("flex",)), mode=mode,
+                               ("dense", "sdpa-flash", "sdpa-default") + (() if quick else ("flex",)), mode=mode,
                                series=f"shapes {mode}: {label}, L={L}, 12.5%", x=x, x_label=axis)
     return out
 
 
 def dense_group(quick: bool, mode: str) -> list[dict]:
-    """No mask, D 64/128, L 4k (and 16k), B=2 H=16, full and causal: ours against SDPA's flash backend."""
+    """No mask, D 64/128, L 4k (and 16k), B=2 H=16, full and causal: ours against SDPA (its flash
+    backend, and its own choice)."""
     out = []
     for D in (64, 128):
         for L in ((4096,) if quick else (4096, 16384)):
@@ -434,13 +489,26 @@ def dense_group(quick: bool, mode: str) -> list[dict]:
                 name = f"D={D} L={L} B={B} H={H} {'causal' if causal else 'full'}"
                 for system, make, inputs in (("ours", ours(causal=causal), (q, k, v)),
                                              ("sdpa-flash", sdpa(SDPBackend.FLASH_ATTENTION, causal=causal),
-                                              sdpa_layout(q, k, v))):
+                                              sdpa_layout(q, k, v)),
+                                             ("sdpa-default", sdpa(causal=causal), sdpa_layout(q, k, v))):
                     out.append(timed("dense", name, system, make, inputs, mode=mode, D=D, kept=kept, computed=cmp,
                                      dens=1.0))
     return out
 
 
 # ---- output --------------------------------------------------------------------------------------
+
+def git_commit() -> str:
+    """GIT_COMMIT when set (a copied tree's git metadata may be stale), else HEAD, else "unknown"."""
+    commit = os.environ.get("GIT_COMMIT")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                    cwd=Path(__file__).parent, timeout=20).stdout.strip() or "unknown"
+        except (OSError, subprocess.SubprocessError):
+            commit = "unknown"
+    return commit
+
 
 def machine() -> dict:
     props = torch.cuda.get_device_properties(0)
@@ -449,17 +517,16 @@ def machine() -> dict:
                                 capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
     except (OSError, subprocess.SubprocessError, IndexError):
         driver = "unknown"
-    commit = os.environ.get("GIT_COMMIT")
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                    cwd=Path(__file__).parent, timeout=20).stdout.strip() or "unknown"
-        except (OSError, subprocess.SubprocessError):
-            commit = "unknown"
     return {"date": datetime.date.today().isoformat(), "gpu": torch.cuda.get_device_name(),
             "compute_capability": f"{props.major}.{props.minor}", "driver": driver, "torch": torch.__version__,
-            "cuda": torch.version.cuda, "python": platform.python_version(),
-            "flash_dmattn": flash_dmattn.__version__, "commit": commit}
+            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "python": platform.python_version(),
+            "flash_dmattn": flash_dmattn.__version__, "commit": git_commit()}
+
+
+# How the peers get GQA, in every run's meta as "sdpa_gqa" (results_tables.py flags the runs without it:
+# those handed SDPA its kv heads repeated to H).
+SDPA_GQA = ("enable_gqa=True: SDPA gets q (B, H, L, D) and k, v (B, H_kv, L, D), Flex k, v with H_kv heads; "
+            "each SDPA row's sdpa_backend is the backend that ran")
 
 
 def default_out_dir() -> Path:
@@ -502,7 +569,7 @@ def run_groups(groups: dict, selected: list[str], quick: bool, out_dir: Path, na
     group (a run cut short keeps what it measured)."""
     meta = machine()
     meta.update(quick=quick, groups=selected, all_groups=list(groups), original_flash_dmattn=original_flash_dmattn_reason(),
-                skipped_peers=sorted(SKIPPED_PEERS))
+                skipped_peers=sorted(SKIPPED_PEERS), sdpa_gqa=SDPA_GQA)
     print(f"{name} on {meta['gpu']} (torch {meta['torch']}, CUDA {meta['cuda']}, commit {meta['commit'][:12]}); "
           f"TFLOP/s on kept pairs and on computed 128x64 tiles; MB = peak memory beyond the inputs; "
           f"original flash-dmattn: {meta['original_flash_dmattn']}", flush=True)
@@ -521,11 +588,25 @@ def run_groups(groups: dict, selected: list[str], quick: bool, out_dir: Path, na
     return rows
 
 
-def cli(groups: dict, name: str, doc: str) -> None:
-    """The command line of <name>_performance.py: --quick, --only, --out."""
+def select_groups(only: str, groups: dict, aliases: dict) -> list[str]:
+    """--only's comma-separated names, each a group or an alias of several (GQA_ALIAS), expanded in
+    the scripts' group order without repeats."""
+    names = [g for g in only.split(",") if g]
+    unknown = [g for g in names if g not in groups and g not in aliases]
+    if unknown:
+        raise SystemExit(f"unknown group(s) {unknown}; choose from {list(groups)} or {list(aliases)}")
+    wanted = {g for n in names for g in aliases.get(n, (n,))}
+    return [g for g in groups if g in wanted]
+
+
+def cli(groups: dict, name: str, doc: str, aliases: Optional[dict] = None) -> None:
+    """The command line of <name>_performance.py: --quick, --only (groups or aliases), --out, --skip."""
+    aliases = aliases or {}
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a subset of every group, about two minutes")
-    ap.add_argument("--only", default=",".join(groups), help=f"comma-separated groups of: {', '.join(groups)}")
+    ap.add_argument("--only", default=",".join(groups),
+                    help=f"comma-separated groups of: {', '.join(groups)}"
+                         + "".join(f"; or {a} (= {','.join(g)})" for a, g in aliases.items()))
     ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results/<date>-<gpu>)")
     ap.add_argument("--skip", default="", help=f"comma-separated peers to leave out of the masked groups, of: "
                     f"{', '.join(PEERS)} (kernel A/B runs; a bound needs schedule and dense)")
@@ -534,12 +615,9 @@ def cli(groups: dict, name: str, doc: str) -> None:
     if skip - set(PEERS):
         raise SystemExit(f"unknown peer(s) {sorted(skip - set(PEERS))}; choose from {list(PEERS)}")
     SKIPPED_PEERS.update(skip)
+    selected = select_groups(args.only, groups, aliases)
     if not torch.cuda.is_available():
         raise SystemExit(f"{name}_performance.py needs a CUDA GPU (the equivalence scripts run on CPU)")
-    selected = [g for g in args.only.split(",") if g]
-    unknown = [g for g in selected if g not in groups]
-    if unknown:
-        raise SystemExit(f"unknown group(s) {unknown}; choose from {list(groups)}")
     run_groups(groups, selected, args.quick, args.out or default_out_dir(), name)
 
 

@@ -20,6 +20,10 @@
 #   GPU_CHECK_WHEEL   a wheel built elsewhere (e.g. here by ci/build_wheel_host.sh, whose CUDA libraries
 #                     compiled on a CPU machine): installed instead of building, so the GPU's time goes
 #                     to tests and benchmarks
+#   FLASH_DMATTN_REQUIRE_KERNELS  the kernel-table rows whose GPU tests must run, not skip (a test
+#                     whose row is missing fails): default DMATTN_KERNELS when set, else the rows of
+#                     DMATTN_HEAD_DIMS when set, else "all"; a prebuilt wheel is held to the same
+#                     variables, so export the ones it was built with
 #   GPU_CHECK_PROFILE 1: Nsight Compute on one dense D=128 forward (benchmarks/profile_attention.py),
 #                     its speed-of-light, occupancy and warp-stall sections into the summary
 set -uo pipefail
@@ -39,7 +43,8 @@ step() { printf '\n==== %s (t=%ss) ====\n' "$*" "$SECONDS"; }
 
 step "machine"
 mkdir -p "$SCRATCH"
-# At most 9 files go to RESULTS (summary, build/test/bench logs, forward and backward text + json): small facts
+# At most 8 files go to RESULTS (summary, pytest and bench logs, host overhead json, forward and backward
+# text + json; the build log stays in SCRATCH): small facts
 # go into the summary only.
 nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader | tee "$SCRATCH/gpu.txt"
 GPU=$(head -1 "$SCRATCH/gpu.txt" | cut -d, -f1)
@@ -60,22 +65,22 @@ rm -rf "$SITE"
 if [ -n "${GPU_CHECK_WHEEL:-}" ]; then
   step "install the prebuilt wheel $(basename "$GPU_CHECK_WHEEL")"
   t0=$(date +%s)
-  $PY -m pip install -q --no-deps --no-index --target "$SITE" "$GPU_CHECK_WHEEL" > "$RESULTS/build.log" 2>&1 \
-    || { cat "$RESULTS/build.log"; exit 1; }
+  $PY -m pip install -q --no-deps --no-index --target "$SITE" "$GPU_CHECK_WHEEL" > "$SCRATCH/build.log" 2>&1 \
+    || { cat "$SCRATCH/build.log"; exit 1; }
   BUILD_NOTE="none: prebuilt wheel $(basename "$GPU_CHECK_WHEEL") installed in $(( $(date +%s) - t0 ))s"
 else
   step "build (archs: ${DMATTN_ARCHS:-local GPU}, jobs: $CMAKE_BUILD_PARALLEL_LEVEL)"
   t0=$(date +%s)
   $PY -m pip install --no-build-isolation --no-deps --no-index --target "$SITE" \
-    -C build-dir="$SCRATCH/build" -C cmake.define.CUTLASS_DIR="${CUTLASS_DIR:-}" . > "$RESULTS/build.log" 2>&1
+    -C build-dir="$SCRATCH/build" -C cmake.define.CUTLASS_DIR="${CUTLASS_DIR:-}" . > "$SCRATCH/build.log" 2>&1
   rc=$?
   t1=$(date +%s)
   BUILD_S=$((t1 - t0))
   BUILD_NOTE="${BUILD_S}s for archs ${DMATTN_ARCHS:-local} with $CMAKE_BUILD_PARALLEL_LEVEL jobs"
-  tail -3 "$RESULTS/build.log"
+  tail -3 "$SCRATCH/build.log"
   if [ $rc -ne 0 ]; then
-    echo "BUILD FAILED (rc $rc); see build.log"
-    tail -40 "$RESULTS/build.log"
+    echo "BUILD FAILED (rc $rc); the end of the build log:"
+    tail -40 "$SCRATCH/build.log"
     exit 1
   fi
 fi
@@ -84,6 +89,22 @@ export PYTHONPATH=$SITE
 
 step "python -m flash_dmattn"
 $PY -m flash_dmattn | tee "$SCRATCH/info.txt" || status=1
+
+# The rows this check was asked for must all be there: a GPU test whose row is missing fails.
+if [ -z "${FLASH_DMATTN_REQUIRE_KERNELS:-}" ]; then
+  if [ -n "${DMATTN_KERNELS:-}" ]; then
+    FLASH_DMATTN_REQUIRE_KERNELS=$DMATTN_KERNELS
+  elif [ -n "${DMATTN_HEAD_DIMS:-}" ]; then
+    FLASH_DMATTN_REQUIRE_KERNELS=$(for d in ${DMATTN_HEAD_DIMS//,/ }; do for t in fp16 bf16; do
+      printf 'fwd:%s:%s;' "$t" "$d"
+      case " 192 256 " in *" $d "*) [ "$DMATTN_BWD_WIDE_HEAD_DIMS" = ON ] || continue ;; esac
+      printf 'bwd:%s:%s;' "$t" "$d"; done; done)
+  else
+    FLASH_DMATTN_REQUIRE_KERNELS=all
+  fi
+fi
+export FLASH_DMATTN_REQUIRE_KERNELS
+echo "required kernel-table rows: $FLASH_DMATTN_REQUIRE_KERNELS"
 
 step "tests (all, GPU-marked included)"
 $PY -m pytest ${GPU_CHECK_TESTS:-tests} -q -rs -p no:cacheprovider 2>&1 | tee "$RESULTS/pytest.log"
@@ -95,7 +116,7 @@ $PY -m flash_dmattn bench 2>&1 | tee "$RESULTS/bench.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 step "benchmark: host overhead"
-$PY benchmarks/bench_overhead.py --json "$SCRATCH/overhead.json" 2>&1 | tee "$RESULTS/overhead.txt"
+$PY benchmarks/bench_overhead.py --json "$RESULTS/overhead.json" 2>&1 | tee "$SCRATCH/overhead.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 # One peer benchmark: bench_peers NAME MODE (quick, full or skip) runs benchmarks/NAME_performance.py
@@ -136,7 +157,7 @@ fi
   echo '## Libraries'; echo '```'; cat "$SCRATCH/libraries.txt"; echo '```'
   echo '## python -m flash_dmattn'; echo '```'; cat "$SCRATCH/info.txt"; echo '```'
   echo '## python -m flash_dmattn bench'; echo '```'; cat "$RESULTS/bench.txt"; echo '```'
-  echo '## Host overhead (benchmarks/bench_overhead.py)'; echo '```'; cat "$RESULTS/overhead.txt"; echo '```'
+  echo '## Host overhead (benchmarks/bench_overhead.py)'; echo '```'; cat "$SCRATCH/overhead.txt"; echo '```'
   [ -f "$SCRATCH/profile.txt" ] && [ "${GPU_CHECK_PROFILE:-0}" = 1 ] && { echo '## Nsight Compute, one dense D=128 forward'; echo '```'; tail -80 "$SCRATCH/profile.txt"; echo '```'; }
   [ -f "$RESULTS/forward.txt" ] && { echo '## Forward against the peers (benchmarks/forward_performance.py)'; echo '```'; cat "$RESULTS/forward.txt"; echo '```'; }
   [ -f "$RESULTS/backward.txt" ] && { echo '## Backward against the peers (benchmarks/backward_performance.py)'; echo '```'; cat "$RESULTS/backward.txt"; echo '```'; }

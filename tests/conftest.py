@@ -1,5 +1,5 @@
-# pytest setup shared by every test file: the `gpu` and `nightly` markers and the import path.
-# Invariant: a CPU-only machine runs everything not marked gpu; nightly runs only on request.
+# pytest setup shared by every test file: the `gpu` marker and the import path.
+# Invariant: a CPU-only machine runs everything not marked gpu.
 import importlib.util
 import os
 import sys
@@ -20,23 +20,17 @@ def pytest_configure(config):
     # CI sets this: there the compiled library must exist, or tests that skip without it would
     # hide a broken build.
     if os.environ.get("FLASH_DMATTN_REQUIRE_BUILD") == "1":
-        from flash_dmattn.backends import cuda
+        from flash_dmattn import library as cuda
 
         if not cuda.is_built():
             raise pytest.UsageError(f"FLASH_DMATTN_REQUIRE_BUILD=1 but {cuda.library_unavailable_reason()}")
-    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
-    config.addinivalue_line("markers", "nightly: the full grid (run with FLASH_DMATTN_NIGHTLY=1)")
     # torch.compile's own internals (inductor) still call this deprecated torch.jit decorator
     config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 
 
 def pytest_collection_modifyitems(config, items):
     no_gpu = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
-    no_nightly = pytest.mark.skip(reason="nightly grid: set FLASH_DMATTN_NIGHTLY=1 to run it")
     has_gpu = torch.cuda.is_available()
-    nightly = os.environ.get("FLASH_DMATTN_NIGHTLY") == "1"
     for item in items:
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(no_gpu)
-        if "nightly" in item.keywords and not nightly:
-            item.add_marker(no_nightly)

@@ -16,8 +16,9 @@ from flash_dmattn import (
     flex_dmattn_func,
     get_available_backends,
 )
-from flash_dmattn.backends import _ReferenceAttention, backend_status, reference_dmattn_func
-from flash_dmattn.backends import cuda as cuda_backend
+from flash_dmattn import library as cuda_backend
+from flash_dmattn import ops
+from flash_dmattn.backends import backend_status, reference_dmattn_func
 from helpers.cases import CAUSAL_LENGTHS, GQA_RATIOS, broadcast_shapes
 from helpers.oracle import assert_close_to_oracle, naive_attention, rand_inputs, rand_tensor
 
@@ -363,9 +364,9 @@ def test_auto_picks_the_best_available_backend_with_the_unified_signature():
     device = "cuda" if best in ("cuda", "flex") else "cpu"
     inp = rand_inputs(1, 64, 64, 2, 2, 64, dtype=torch.bfloat16)
     q, k, v = (t.to(device) for t in (inp.q, inp.k, inp.v))
-    # unified positional order: q, k, v, attn_mask, attn_bias, is_causal, scale
+    # flash_dmattn_func's positional order: q, k, v, attn_mask, attn_bias, scale, is_causal
     try:
-        got = attn(q, k, v, None, None, True, 0.5)
+        got = attn(q, k, v, None, None, 0.5, True)
     except NotImplementedError:  # the CUDA kernels may not exist yet
         return
     want = flash_dmattn_func_auto("reference")(q, k, v, is_causal=True, scale=0.5)
@@ -389,11 +390,12 @@ def test_reference_backend_matches_oracle_with_gradients():
         assert_close_to_oracle(g, w, None, name=f"reference backend {name}", dtype=F64)
 
 
-def test_reference_autograd_node_used_off_cpu_matches_oracle():
-    # the node reference_dmattn_func uses for CUDA (and other) tensors, exercised here on CPU
+def test_reference_autograd_node_matches_oracle():
+    # the autograd node every path uses, with the implementation reference_dmattn_func picks
     inp = rand_inputs(1, 5, 8, 2, 2, 8, dtype=F64, mask_shape=(1, 1, 5, 8), bias_shape=(1, 2, 5, 8))
     q, k, v, bias = _leaves(inp.q, inp.k, inp.v, inp.bias)
-    out, lse = _ReferenceAttention.apply(q, k, v, inp.mask, bias, 0.3, True, 0.0)
+    out, lse, plan = ops.Attention.apply(q, k, v, inp.mask, bias, 0.3, True, 0.0, False, "reference")
+    assert plan.numel() == 0 and type(out.grad_fn).__name__.startswith("Attention")
     _check(out, lse, *_oracle(inp, 0.3, causal=True), "reference node")
     assert not lse.requires_grad
     got = torch.autograd.grad(out, (q, k, v, bias), inp.dout)

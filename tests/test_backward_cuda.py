@@ -7,14 +7,14 @@ tolerance rule in helpers/oracle.py against autograd through the same math done 
 input dtype."""
 from __future__ import annotations
 
-import itertools
 
 import pytest
 import torch
 
 from flash_dmattn import reference
-from flash_dmattn.backends import cuda as cuda_backend
+from flash_dmattn import library as cuda_backend
 
+from helpers.cases import broadcast_shapes
 from helpers.kernels import require_kernels
 from helpers.oracle import assert_close_to_oracle, naive_attention, rand_inputs
 
@@ -86,11 +86,6 @@ def run_case(B, Q, K, H, H_kv, D, *, dtype=torch.bfloat16, mask_shape=None, mask
     return check_grads(inp, dtype=dtype, name=name, causal=causal, softcap=softcap, deterministic=deterministic)
 
 
-def broadcast_forms(B, H, H_kv, Q, K):
-    heads = sorted({H, H_kv, 1}, reverse=True)
-    return [(b, h, q, k) for b, h, q, k in itertools.product((B, 1), heads, (Q, 1), (K, 1))]
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("D", [64, 128, 192, 256])
@@ -100,7 +95,7 @@ def test_dense_matches_reference(D, causal, dtype):
 
 def test_every_bias_broadcast_form_gives_dbias_in_its_own_shape():
     B, Q, K, H, H_kv, D = 2, 77, 131, 4, 2, 64
-    for shape in broadcast_forms(B, H, H_kv, Q, K):
+    for _, shape in broadcast_shapes(B, H, H_kv, Q, K):
         run_case(B, Q, K, H, H_kv, D, bias_shape=shape, mask_shape=(B, 1, Q, K), causal=True, name=f"bias {shape}")
 
 
@@ -109,7 +104,7 @@ def test_every_bias_broadcast_form_without_a_mask(D):
     """Unmasked calls walk wider key columns on some GPUs (bwd_tile_kv: 128 keys on sm90/sm100, D=128
     with a bias too), with their own per-key dbias sums and slot sizes: every dbias form again, there."""
     B, Q, K, H, H_kv = 2, 77, 131, 4, 2
-    for shape in broadcast_forms(B, H, H_kv, Q, K):
+    for _, shape in broadcast_shapes(B, H, H_kv, Q, K):
         run_case(B, Q, K, H, H_kv, D, bias_shape=shape, causal=True, name=f"unmasked bias {shape} D={D}")
 
 
@@ -137,7 +132,7 @@ def test_unmasked_long_columns_split_over_many_ctas():
 @pytest.mark.parametrize("mask_dtype", [torch.bool, torch.bfloat16])
 def test_every_mask_broadcast_form_matches_reference(mask_dtype):
     B, Q, K, H, H_kv, D = 2, 77, 131, 4, 2, 64
-    for shape in broadcast_forms(B, H, H_kv, Q, K):
+    for _, shape in broadcast_shapes(B, H, H_kv, Q, K):
         run_case(B, Q, K, H, H_kv, D, mask_shape=shape, mask_dtype=mask_dtype, bias_shape=(B, H_kv, 1, K),
                  name=f"mask {shape}")
 

@@ -14,7 +14,6 @@ from flash_dmattn import (
     flash_dmattn_varlen_func,
     flex_dmattn_func,
 )
-from flash_dmattn.api import normalize
 from flash_dmattn.backends import reference_dmattn_func
 
 B, Q, K, H, H_kv, D = 2, 5, 7, 4, 2, 8
@@ -109,18 +108,24 @@ def test_flex_and_reference_backends_check_arguments_the_same_way():
         _raises(TypeError, "k", fn, **_dense(k=torch.randn(B, K, H_kv, D, dtype=torch.float64)))
 
 
-def test_cuda_kernel_limits_name_q():
-    # the limits apply to CUDA tensors; normalize(kernel=True) checks them on CPU stand-ins
-    args = _dense(attn_mask=None, attn_bias=None, scale=None, is_causal=None, softcap=None, deterministic=None)
-    check = lambda **kw: normalize(**{**args, **kw}, kernel=True)  # noqa: E731
-    with pytest.raises(TypeError, match=r"^q: dtype torch.float32 is not supported; CUDA kernels take"):
-        check(q=args["q"].float(), k=args["k"].float(), v=args["v"].float())
-    half = {n: args[n].half() for n in ("q", "k", "v")}
+@pytest.mark.gpu
+@pytest.mark.parametrize("fn", [flash_dmattn_func, flash_dmattn_qkvpacked_func], ids=["dense", "qkvpacked"])
+def test_cuda_kernel_limits_name_the_argument(fn):
+    # libdmattn holds the kernels' limits (dtype, head dim) and names the argument itself; the
+    # packed function's error names qkv, the argument the user passed.
+    name = "q" if fn is flash_dmattn_func else "qkv"
+
+    def call(dtype, d):
+        if fn is flash_dmattn_func:
+            q, k, v = (torch.randn(B, Q, H, d, device="cuda", dtype=dtype) for _ in range(3))
+            return fn(q, k, v)
+        return fn(torch.randn(B, Q, 3, H, d, device="cuda", dtype=dtype))
+
+    message = _raises((TypeError, ValueError), name, call, torch.float32, 64)
+    assert "float16 or bfloat16" in message
     for d in (12, 264):
-        kw = {n: torch.randn(*t.shape[:-1], d, dtype=torch.half) for n, t in half.items()}
-        with pytest.raises(ValueError, match=rf"^q: head dim {d} is not supported by the CUDA kernels"):
-            check(**kw)
-    assert check(**half).q.dtype == torch.half
+        message = _raises((TypeError, ValueError), name, call, torch.float16, d)
+        assert "head_dim must be a multiple of 8" in message
 
 
 # ---------------------------------------------------------------------------------------------

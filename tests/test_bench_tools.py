@@ -1,6 +1,6 @@
 """The benchmark helpers measure what they claim: masks keep the stated fraction, kept pairs and
 computed tiles are counted exactly (also for the O(K) per-key form), bounds and plots say what the
-rows hold, and README's performance section is the one generated from the committed results."""
+rows hold, and benchmarks/RESULTS.md's tables are the ones generated from the committed results."""
 from __future__ import annotations
 
 import sys
@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import perf  # noqa: E402
-import readme_results  # noqa: E402
+import results_tables  # noqa: E402
 import sparse_masks as sm  # noqa: E402
 
 
@@ -173,10 +173,21 @@ def test_skipped_peers_are_left_out_of_masked_cases(monkeypatch):
     assert [r["system"] for r in rows] == ["ours sparse", "ours dense causal"]
 
 
-def test_readme_performance_section_is_generated_from_the_committed_results():
-    text = readme_results.README.read_text()
-    folders, section = readme_results.current(text)
-    assert section is not None, "README.md lacks the generated performance section"
+def test_results_tables_are_generated_from_the_committed_results():
+    text = results_tables.RESULTS.read_text()
+    folders, section = results_tables.current(text)
+    assert section is not None, "benchmarks/RESULTS.md lacks the generated tables"
     assert (folders[0] / "forward.json").exists() and (folders[0] / "backward.json").exists()
-    assert section == readme_results.section(folders), (
-        f"README's performance section is stale: python benchmarks/readme_results.py {' '.join(map(str, folders))}")
+    assert section == results_tables.section(folders), (
+        f"benchmarks/RESULTS.md is stale: python benchmarks/results_tables.py {' '.join(map(str, folders))}")
+
+
+def test_results_tables_flag_sdpa_rows_run_on_repeated_kv_heads():
+    """Runs that gave SDPA repeated K/V heads (no "sdpa_gqa" in meta) say so above each GQA table."""
+    gqa = [{"config": "Q=1 K=64 H=4 H_kv=1 D=64", "system": s, "ms": 1.0} for s in ("ours", "sdpa-flash")]
+    mha = [{"config": "B=1 H=4 H_kv=4 D=64", "system": s, "ms": 1.0} for s in ("ours", "sdpa-flash")]
+    ours_only = [{"config": "per-key bias H=4 H_kv=1", "system": "ours dense causal", "ms": 1.0}]
+    assert results_tables.sdpa_saw_repeated_heads({}, gqa)
+    assert not results_tables.sdpa_saw_repeated_heads({"sdpa_gqa": "enable_gqa"}, gqa)
+    assert not results_tables.sdpa_saw_repeated_heads({}, mha)
+    assert not results_tables.sdpa_saw_repeated_heads({}, ours_only)

@@ -37,7 +37,7 @@ def test_report_names_versions_backends_and_reasons():
     assert "reference" in out and "triton        unavailable: the Triton backend is not implemented yet" in out
     if not torch.cuda.is_available():
         assert "available: reference" in out and "flex          unavailable: no CUDA device" in out
-    if flash_dmattn.backends.cuda.is_built():
+    if flash_dmattn.library.is_built():
         assert "archs" in out and "head dims     forward" in out and "; backward" in out and "dtypes" in out
     else:
         assert "CUDA backend    not built" in out
@@ -75,7 +75,7 @@ def test_json_report_is_complete():
     assert facts["backends"]["reference"] == {"available": True, "reason": None}
     assert facts["backends"]["triton"]["reason"] == "the Triton backend is not implemented yet"
     assert facts["available_backends"] == flash_dmattn.get_available_backends()
-    assert facts["cuda_backend"]["built"] == flash_dmattn.backends.cuda.is_built()
+    assert facts["cuda_backend"]["built"] == flash_dmattn.library.is_built()
     assert facts["cmake_dir"] == (str(_paths.cmake_dir()) if _paths.cmake_dir().exists() else None)
 
 

@@ -1,14 +1,14 @@
-"""The public API on CUDA tensors: the eager inference path (straight to the op's CUDA kernel,
-validated by libdmattn) and the dispatcher path (autograd, compile) behave alike, and bad input
-raises errors that name the public argument."""
+"""The public API on CUDA tensors: the eager fast path (straight to the ops' CUDA impls, validated
+by libdmattn) and the dispatcher path (compile, modes) behave alike, and bad input raises errors
+that name the public argument."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 import flash_dmattn
-from flash_dmattn import api
-from flash_dmattn.backends import cuda as cuda_backend
+from flash_dmattn import library as cuda_backend
+from flash_dmattn import ops
 
 pytestmark = pytest.mark.gpu
 
@@ -20,66 +20,62 @@ def inputs(B=2, Q=33, K=47, H=4, H_kv=2, D=64, dtype=torch.bfloat16):
     return q, k, v
 
 
-def outcome(fn):
-    try:
-        return "ok", fn()
-    except Exception as exc:  # noqa: BLE001 - the point is to compare whatever happens
-        return type(exc).__name__, str(exc)
+def test_eager_path_goes_to_the_cuda_impls_and_others_to_the_dispatcher(monkeypatch):
+    """Plain CUDA tensors in plain eager mode take the ops' CUDA impls directly; a dispatch mode, a
+    CPU tensor or a torch without the probes takes the registered ops."""
+    from torch.utils._python_dispatch import TorchDispatchMode
 
-
-def test_eager_path_uses_autograd_only_when_grad_is_needed():
-    """Plain CUDA tensors take the eager path; it needs autograd (EagerCudaAttention) exactly when
-    grad mode is on and an input requires grad."""
     q, k, v = inputs()
-    assert api._eager_cuda(q, k, v) and not api._needs_grad(q, k, v, None)
-    q.requires_grad_(True)
-    assert api._eager_cuda(q, k, v) and api._needs_grad(q, k, v, None)
-    with torch.no_grad():
-        assert api._eager_cuda(q, k, v) and not api._needs_grad(q, k, v, None)
+    assert ops.plain_eager_cuda(q, k, v)
+    assert not ops.plain_eager_cuda(q.cpu(), k.cpu(), v.cpu())
+    assert ops._impls("direct") == (ops._fwd_cuda, ops._bwd_cuda)
+    assert ops._impls("library") == (ops.fwd, ops.bwd)
+    assert ops._impls("reference") == (ops._fwd_reference, ops._bwd_reference)
+
+    class Passthrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Passthrough():
+        assert not ops.plain_eager_cuda(q, k, v)
+    monkeypatch.setattr(ops, "_dispatch_stack_len", None)  # a torch that dropped the private probe
+    assert not ops.plain_eager_cuda(q, k, v)
 
 
-def test_eager_and_dispatcher_paths_agree():
-    if cuda_backend.library_unavailable_reason() is not None:
-        pytest.skip(cuda_backend.library_unavailable_reason())
-    q, k, v = inputs()
-    mask = torch.rand(2, 1, 33, 47, device="cuda") > 0.3
-    bias = torch.randn(2, 4, 1, 47, device="cuda", dtype=torch.bfloat16)
-    kw = dict(attn_mask=mask, attn_bias=bias, is_causal=True, return_lse=True)
-    eager = outcome(lambda: flash_dmattn.flash_dmattn_func(q, k, v, **kw))
-    qg = q.clone().requires_grad_(True)  # the op through the dispatcher and its registered autograd
-    dispatched = outcome(lambda: torch.ops.flash_dmattn.fwd(qg, k, v, mask, bias, 64 ** -0.5, True, 0.0, False))
-    assert eager[0] == dispatched[0]
-    if eager[0] == "ok":
-        torch.testing.assert_close(eager[1][0], dispatched[1][0], rtol=0, atol=0)
-        torch.testing.assert_close(eager[1][1], dispatched[1][1], rtol=0, atol=0)
-    else:
-        assert eager[0] == "NotImplementedError" and "kernel" in eager[1]
+def _forward_backward(mask, bias, q, k, v, dout):
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v, bias)]
+    out, lse = flash_dmattn.flash_dmattn_func(leaves[0], leaves[1], leaves[2], attn_mask=mask, attn_bias=leaves[3],
+                                              is_causal=True, deterministic=True, return_lse=True)
+    assert type(out.grad_fn).__name__.startswith("Attention"), out.grad_fn
+    assert not lse.requires_grad
+    return (out, lse, *torch.autograd.grad(out, leaves, dout))
 
 
-def test_eager_autograd_matches_the_registered_autograd_bitwise():
-    """With grad, flash_dmattn_func runs ops.EagerCudaAttention; the op's registered autograd (what
-    torch.compile traces) must give the same outputs and gradients, bit for bit (deterministic)."""
+def test_fast_path_and_dispatcher_give_the_same_bits(monkeypatch):
+    """The eager fast path (the CUDA impls called directly) and the dispatcher path (what
+    torch.compile, modes and a torch without the private probes take) run the same kernels: same
+    outputs and gradients, bit for bit (deterministic), with and without grad."""
     if cuda_backend.unavailable_reason() is not None:
         pytest.skip(cuda_backend.unavailable_reason())
     q, k, v = inputs()
     mask = torch.rand(2, 1, 33, 47, device="cuda") > 0.3
     bias = torch.randn(2, 2, 1, 47, device="cuda", dtype=torch.bfloat16)
     dout = torch.randn(2, 33, 4, 64, device="cuda", dtype=torch.bfloat16)
-    results = []
-    for path in ("eager", "op"):
-        leaves = [t.clone().requires_grad_(True) for t in (q, k, v, bias)]
-        qg, kg, vg, bg = leaves
-        if path == "eager":
-            out, lse = flash_dmattn.flash_dmattn_func(qg, kg, vg, attn_mask=mask, attn_bias=bg, is_causal=True,
-                                                      deterministic=True, return_lse=True)
-            assert type(out.grad_fn).__name__.startswith("EagerCudaAttention"), out.grad_fn
-        else:
-            out, lse, _ = torch.ops.flash_dmattn.fwd(qg, kg, vg, mask, bg, 64 ** -0.5, True, 0.0, True)
-        grads = torch.autograd.grad(out, leaves, dout)
-        assert not lse.requires_grad
-        results.append((out, lse, *grads))
-    for got, want in zip(*results):
+    calls = []
+    real_fwd_cuda = ops._fwd_cuda
+    monkeypatch.setattr(ops, "_fwd_cuda", lambda *a, **kw: calls.append(1) or real_fwd_cuda(*a, **kw))
+    fast = _forward_backward(mask, bias, q, k, v, dout)
+    with torch.no_grad():
+        fast_inference = flash_dmattn.flash_dmattn_func(q, k, v, attn_mask=mask, attn_bias=bias, is_causal=True)
+    assert len(calls) == 2  # both went straight to the CUDA impl
+    monkeypatch.setattr(ops, "_dispatch_stack_len", None)
+    slow = _forward_backward(mask, bias, q, k, v, dout)
+    with torch.no_grad():
+        slow_inference = flash_dmattn.flash_dmattn_func(q, k, v, attn_mask=mask, attn_bias=bias, is_causal=True)
+    assert len(calls) == 2  # the dispatcher's CUDA kernel is the registered impl, not the patched name
+    for got, want in zip(fast, slow):
         assert torch.equal(got, want)
+    assert torch.equal(fast_inference, slow_inference) and torch.equal(fast_inference, fast[0])
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["no-grad", "grad"])
@@ -103,7 +99,7 @@ def test_eager_path_errors_name_the_public_argument(case, grad):
         want = "q:"
     else:
         kw["scale"], want = float("nan"), "scale:"
-    q.requires_grad_(grad)  # with grad: the eager autograd path (EagerCudaAttention)
+    q.requires_grad_(grad)  # with grad: through ops.Attention
     with torch.set_grad_enabled(grad), pytest.raises((ValueError, TypeError)) as info:
         flash_dmattn.flash_dmattn_func(q, k, v, **kw)
     assert str(info.value).startswith(want), str(info.value)

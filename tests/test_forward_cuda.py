@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from flash_dmattn import reference
-from flash_dmattn.backends import cuda as cuda_backend
+from flash_dmattn import library as cuda_backend
 
+from helpers.cases import broadcast_shapes
 from helpers.kernels import require_kernels
 from helpers.oracle import assert_close_to_oracle, naive_attention, rand_inputs
 
@@ -42,21 +43,16 @@ def run_case(B, Q, K, H, H_kv, D, *, dtype=torch.bfloat16, mask_shape=None, mask
     return out, lse
 
 
-def broadcast_forms(B, H, H_kv, Q, K):
-    heads = sorted({H, H_kv, 1}, reverse=True)
-    return [(b, h, q, k) for b, h, q, k in itertools.product((B, 1), heads, (Q, 1), (K, 1))]
-
-
 @pytest.mark.parametrize("mask_dtype", [torch.bool, torch.bfloat16])
 def test_every_mask_broadcast_form_matches_reference(mask_dtype):
     B, Q, K, H, H_kv, D = 2, 77, 131, 4, 2, 64
-    for shape in broadcast_forms(B, H, H_kv, Q, K):
+    for _, shape in broadcast_shapes(B, H, H_kv, Q, K):
         run_case(B, Q, K, H, H_kv, D, mask_shape=shape, mask_dtype=mask_dtype, name=f"mask {shape}")
 
 
 def test_every_bias_broadcast_form_matches_reference():
     B, Q, K, H, H_kv, D = 2, 77, 131, 4, 2, 64
-    for shape in broadcast_forms(B, H, H_kv, Q, K):
+    for _, shape in broadcast_shapes(B, H, H_kv, Q, K):
         run_case(B, Q, K, H, H_kv, D, bias_shape=shape, mask_shape=(B, 1, Q, K), causal=True,
                  name=f"bias {shape}")
 

@@ -45,9 +45,11 @@ def _fwd_args(case, requires_grad=True):
     return q, k, v, mask, bias, D**-0.5, case["causal"], case["softcap"], False
 
 
+# The ops register no autograd (ops.Attention differentiates them), so opcheck gets inputs that do
+# not require grad; the gradients are checked through the public functions below.
 @pytest.mark.parametrize("name", FWD_CASES)
 def test_opcheck_fwd(name):
-    torch.library.opcheck(ops.fwd, _fwd_args(FWD_CASES[name]))
+    torch.library.opcheck(ops.fwd, _fwd_args(FWD_CASES[name], requires_grad=False))
 
 
 @pytest.mark.parametrize("bias_requires_grad", [True, False])
@@ -79,7 +81,7 @@ def _varlen_args(paged: bool, requires_grad=True):
 
 @pytest.mark.parametrize("paged", [False, True], ids=["packed", "paged"])
 def test_opcheck_varlen_fwd(paged):
-    torch.library.opcheck(ops.varlen_fwd, _varlen_args(paged))
+    torch.library.opcheck(ops.varlen_fwd, _varlen_args(paged, requires_grad=False))
 
 
 @pytest.mark.parametrize("paged", [False, True], ids=["packed", "paged"])
@@ -165,9 +167,41 @@ def test_ops_module_is_what_the_package_calls():
     assert flash_dmattn.api.ops is ops
 
 
-def test_cuda_impl_is_callable_for_the_eager_path():
-    # api.py calls the op's CUDA implementation directly on eager no-grad CUDA calls.
-    from flash_dmattn import ops
+def test_plain_eager_state_and_its_fallback_without_the_private_probes(monkeypatch):
+    # The eager fast path needs torch-internal probes for dispatch modes and functorch transforms;
+    # a torch without them sends every call through the dispatcher (tests/test_cuda_path.py checks
+    # on a GPU that both give the same bits).
+    from torch.utils._python_dispatch import TorchDispatchMode
 
-    assert callable(ops.cuda_fwd)
-    assert ops.cuda_fwd.__name__ == "_fwd_cuda"
+    class Passthrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    assert ops.plain_eager()
+    with Passthrough():
+        assert not ops.plain_eager()
+    seen = []
+    torch.func.grad(lambda x: seen.append(ops.plain_eager()) or x.sum())(torch.ones(2))
+    assert seen == [False]
+    for probe in ("_dispatch_stack_len", "_functorch_level"):
+        with monkeypatch.context() as m:
+            m.setattr(ops, probe, None)
+            assert not ops.plain_eager()
+    q, k, v = _qkv(1, 4, 6, 2, 1, 8, requires_grad=False)
+    assert not ops.plain_eager_cuda(q, k, v)  # CPU tensors always take the dispatcher
+
+
+def test_gradients_through_the_one_autograd_node_pass_gradcheck():
+    # float64 on CPU: the public function's gradients (q, k, v and an expanded bias) against finite
+    # differences; the node is ops.Attention whatever the device.
+    q, k, v = _qkv(1, 5, 7, 4, 2, 8)
+    score = torch.randn(1, 2, 1, 7, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(1, 1, 5, 7) < 0.8
+
+    def f(q, k, v, score):
+        bias = score.expand(1, 2, 5, 7)  # kv-group bias, expanded over queries
+        return flash_dmattn_func(q, k, v, attn_mask=mask, attn_bias=bias, is_causal=True, softcap=3.0)
+
+    assert type(f(q, k, v, score).grad_fn).__name__.startswith("Attention")
+    assert torch.autograd.gradcheck(f, (q, k, v, score))
+

@@ -1,5 +1,5 @@
 # `python -m flash_dmattn` (also the `flash-dmattn` script): what is installed and what can run here.
-# Reads _version, _paths, backends.cuda.info() and the backend registry; `bench` runs bench.py.
+# Reads _version, _paths, library.info() and the backend registry; `bench` runs bench.py.
 # Invariant: it reports, it never fails for a missing piece (no GPU, no compiled module).
 """Usage::
 
@@ -8,8 +8,8 @@
     python -m flash_dmattn --cmake-dir     # only the CMake package dir:
                                            #   cmake -Ddmattn_DIR=$(python -m flash_dmattn --cmake-dir)
     python -m flash_dmattn --include-dir   # only the C header dir
-    python -m flash_dmattn bench [--seqlens 512,1024] [--heads 8] [--head-dim 64] [--batch 2]
-                                 [--causal] [--dtype bf16|fp16|fp32]
+    python -m flash_dmattn bench [--seqlens 512,1024] [--heads 8] [--kv-heads 2] [--head-dim 64]
+                                 [--batch 2] [--causal] [--dtype bf16|fp16|fp32]
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch
 
 from . import __version__, _paths
 from .backends import backend_status
-from .backends import cuda as cuda_backend
+from . import library
 
 
 def collect() -> dict:
@@ -32,10 +32,10 @@ def collect() -> dict:
             major, minor = torch.cuda.get_device_capability(i)
             gpus.append({"index": i, "name": torch.cuda.get_device_name(i),
                          "compute_capability": f"{major}.{minor}"})
-    cuda = {"built": cuda_backend.is_built(), "library": str(_paths.library_path())}
+    cuda = {"built": library.is_built(), "library": str(_paths.library_path())}
     if cuda["built"]:
         try:
-            cuda["info"] = cuda_backend.info()
+            cuda["info"] = library.info()
         except Exception as exc:  # report, do not crash: the library may fail to load
             cuda["info_error"] = f"{type(exc).__name__}: {exc}"
     status = backend_status()
@@ -130,10 +130,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     bench = sub.add_parser("bench", help="forward timing of the available backends vs PyTorch SDPA")
     bench.add_argument("--seqlens", type=_int_list, help="comma-separated lengths (Q = K)")
-    bench.add_argument("--heads", type=_positive)
+    bench.add_argument("--heads", type=_positive, help="query heads")
+    bench.add_argument("--kv-heads", type=_positive,
+                       help="key/value heads (default: --heads); fewer is GQA, given to SDPA with enable_gqa=True")
     bench.add_argument("--head-dim", type=_positive)
     bench.add_argument("--batch", type=_positive)
-    bench.add_argument("--causal", action="store_true")
+    bench.add_argument("--causal", action="store_true", help="bottom-right causal mask")
     bench.add_argument("--dtype", choices=("bf16", "fp16", "fp32"))
     bench.add_argument("--warmup", type=int, help="untimed runs per entry")
     bench.add_argument("--reps", type=_positive, help="timed runs per entry (median reported)")
@@ -153,9 +155,13 @@ def main(argv=None) -> int:
     if args.command == "bench":
         from . import bench
 
-        bench.run(seqlens=args.seqlens, heads=args.heads, head_dim=args.head_dim,
-                  batch=args.batch, causal=args.causal, dtype=args.dtype,
-                  warmup=args.warmup, reps=args.reps)
+        try:
+            bench.run(seqlens=args.seqlens, heads=args.heads, kv_heads=args.kv_heads, head_dim=args.head_dim,
+                      batch=args.batch, causal=args.causal, dtype=args.dtype,
+                      warmup=args.warmup, reps=args.reps)
+        except ValueError as exc:
+            print(f"flash-dmattn bench: {exc}", file=sys.stderr)
+            return 2
         return 0
     facts = collect()
     print(json.dumps(facts, indent=2) if args.json else render(facts))

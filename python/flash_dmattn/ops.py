@@ -1,16 +1,22 @@
-# The torch.library ops behind the public API: flash_dmattn::{fwd, bwd, varlen_fwd, varlen_bwd}.
-# api.py (argument checks) -> these ops -> CPU: reference.py, CUDA: backends/cuda.py -> _C.
+# The torch.library ops behind the public API, and the one autograd function over them.
+# api.py (arguments.py checks) -> attention() -> Attention (autograd) -> an implementation:
+#   the ops flash_dmattn::{fwd, bwd} (CPU: reference.py, CUDA: library.py -> _C), or on eager calls
+#   with plain CUDA tensors the ops' CUDA impls called directly (no dispatcher), or reference.py.
 # Invariant: CUDA tensors run our kernels or raise; they never fall back to the reference here.
-"""torch.library ops: one schema, a fake impl, a CPU impl and a CUDA impl per op.
+"""torch.library ops (a schema, a fake impl, a CPU impl and a CUDA impl each) and ``Attention``.
 
-Outputs: fwd ``(out, lse, plan)``, bwd ``(dq, dk, dv, dbias)``. The ops take already-normalized arguments
-(api.py checks them). ``out`` is contiguous in q's dtype; ``lse`` is float32 (float64 for float64
-inputs): (B, H, Q) for fwd, (H, total_q) for varlen_fwd. ``dbias`` has the bias's shape, or is an
-empty tensor of shape (0,) when there is no bias or ``bias_requires_grad`` is False (an op cannot
-return ``Tensor?``). ``deterministic`` only affects the backward; fwd takes it so autograd can hand
-it on. ``lse`` is not differentiable. ``plan`` (uint8, 1-D) is the schedule of the mask's kept tiles
-that the CUDA forward writes for the backward to walk (bwd's last argument), so the backward does
-not read the mask again; it is empty (shape (0,)) without a mask and on CPU.
+Op outputs: fwd ``(out, lse, plan)``, bwd ``(dq, dk, dv, dbias)``. The ops take already-checked
+arguments (arguments.py). ``out`` is contiguous in q's dtype; ``lse`` is float32 (float64 for
+float64 inputs): (B, H, Q) for fwd, (H, total_q) for varlen_fwd. ``dbias`` has the bias's shape, or
+is an empty tensor of shape (0,) when there is no bias or ``bias_requires_grad`` is False (an op
+cannot return ``Tensor?``). ``deterministic`` only affects the backward. ``plan`` (uint8, 1-D) is
+the schedule of the mask's kept tiles that the CUDA forward writes for the backward to walk, so the
+backward does not read the mask again; it is empty (shape (0,)) without a mask and on CPU.
+
+Gradients come from one mechanism, the autograd functions ``Attention`` and ``VarlenAttention``
+(the ops register no autograd of their own); torch.compile traces them like any autograd.Function.
+Which implementation they call is decided per call (``_impls``): eager calls on plain CUDA tensors
+skip the dispatcher, which costs tens of microseconds of host time a call (bench_overhead.py).
 
 Registered with ``torch.library.Library`` (define + impl) rather than ``custom_op``: custom_op wraps
 each kernel in a dynamo-disable that imports torch._dynamo on the first call (seconds).
@@ -21,10 +27,10 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from . import library
 from . import reference
-from .backends import cuda as _cuda
+from .arguments import collapse_expanded, expanded_axes
 
 _NEG_INF = float("-inf")
 
@@ -53,7 +59,7 @@ def _plan_like(q: Tensor, k: Tensor, mask: Optional[Tensor]) -> Tensor:
     """The fwd op's plan output: sized for the mask on CUDA, else empty."""
     if mask is None or q.device.type != "cuda" or q.numel() == 0 or k.shape[1] == 0:
         return _no_plan(q)
-    return q.new_empty((_cuda.plan_bytes(mask, q.shape[1], k.shape[1]),), dtype=torch.uint8)
+    return q.new_empty((library.plan_bytes(mask, q.shape[1], k.shape[1]),), dtype=torch.uint8)
 
 
 def _empty_fwd(q: Tensor, k: Tensor, lse_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -77,11 +83,11 @@ def _last_dim_contiguous(t: Tensor) -> Tensor:
 def _require_cuda_backend(op: str, q: Tensor) -> None:
     """Raise unless libdmattn serves q's device: never fall back to the reference. A kernel missing
     for this particular problem is reported by the library itself (NotImplementedError naming it)."""
-    reason = _cuda.library_unavailable_reason(q.get_device())
+    reason = library.library_unavailable_reason(q.get_device())
     if reason is not None:
         # Built but unable to serve this device (not for this arch): a missing implementation.
         # Not built at all: an installation problem.
-        error = NotImplementedError if _cuda.is_built() else RuntimeError
+        error = NotImplementedError if library.is_built() else RuntimeError
         raise error(
             f"flash_dmattn::{op}: the inputs are CUDA tensors but the CUDA backend cannot run: "
             f"{reason}. (The pure-PyTorch path is flash_dmattn_func_auto(backend='reference').)"
@@ -99,14 +105,17 @@ _lib.define(
 fwd = torch.ops.flash_dmattn.fwd.default  # the handle the package calls
 
 
-@torch.library.impl("flash_dmattn::fwd", "cpu", lib=_lib)
-def _fwd_cpu(q, k, v, mask, bias, scale, causal, softcap, deterministic):
+def _fwd_reference(q, k, v, mask, bias, scale, causal, softcap, deterministic):
+    """The op's CPU impl: reference.py, on any device (the "reference" backend uses it on CUDA)."""
     if q.numel() == 0 or k.shape[1] == 0:
         return *_empty_fwd(q, k, _lse_dtype(q)), _no_plan(q)
     out, lse = reference.attention_forward(
         q, k, v, mask, bias, scale=scale, causal=causal, softcap=softcap
     )
     return out.contiguous(), lse.contiguous(), _no_plan(q)
+
+
+torch.library.impl("flash_dmattn::fwd", "cpu", _fwd_reference, lib=_lib)
 
 
 @torch.library.register_fake("flash_dmattn::fwd", lib=_lib)
@@ -116,8 +125,8 @@ def _fwd_fake(q, k, v, mask, bias, scale, causal, softcap, deterministic):
 
 
 def _fwd_cuda(q, k, v, mask, bias, scale, causal, softcap, deterministic, keep_plan=True):
-    """The op's CUDA impl: (out, lse, plan). api.py's eager inference path, which has no backward
-    to hand a plan to, calls it with keep_plan=False and gets (out, lse)."""
+    """The op's CUDA impl: (out, lse, plan). An eager call without grad has no backward to hand a
+    plan to: attention() calls it with keep_plan=False and gets (out, lse)."""
     # On the eager inference path every line here is per-call host time: new_empty reuses q's
     # dtype and device without building them again.
     _require_cuda_backend("fwd", q)
@@ -129,15 +138,14 @@ def _fwd_cuda(q, k, v, mask, bias, scale, causal, softcap, deterministic, keep_p
         out = q.new_empty((B, Q, H, D))
         lse = q.new_empty((B, H, Q), dtype=torch.float32)
         plan = _plan_like(q, k, mask) if keep_plan else None
-        _cuda.fwd(q, k, v, mask, bias, out, lse, scale, causal, softcap,
+        library.fwd(q, k, v, mask, bias, out, lse, scale, causal, softcap,
                   plan if plan is not None and plan.numel() else None)
     return (out, lse, plan) if keep_plan else (out, lse)
 
 
 # Registered by call, not as a decorator: the decorator form returns None on some torch versions
-# (2.11), and api.py's eager inference path calls this function directly.
+# (2.11), and attention() calls this function directly on eager calls.
 torch.library.impl("flash_dmattn::fwd", "cuda", _fwd_cuda, lib=_lib)
-cuda_fwd = _fwd_cuda
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,8 +160,7 @@ _lib.define(
 bwd = torch.ops.flash_dmattn.bwd.default  # the handle the package calls
 
 
-@torch.library.impl("flash_dmattn::bwd", "cpu", lib=_lib)
-def _bwd_cpu(dout, q, k, v, mask, bias, out, lse, scale, causal, softcap, deterministic,
+def _bwd_reference(dout, q, k, v, mask, bias, out, lse, scale, causal, softcap, deterministic,
              bias_requires_grad, plan=None):
     if q.numel() == 0 or k.shape[1] == 0:
         return _zero_grads(q, k, v, bias, bias_requires_grad)
@@ -163,6 +170,9 @@ def _bwd_cpu(dout, q, k, v, mask, bias, out, lse, scale, causal, softcap, determ
     )
     dbias = _no_dbias(q) if dbias is None else dbias.contiguous()
     return dq.contiguous(), dk.contiguous(), dv.contiguous(), dbias
+
+
+torch.library.impl("flash_dmattn::bwd", "cpu", _bwd_reference, lib=_lib)
 
 
 @torch.library.register_fake("flash_dmattn::bwd", lib=_lib)
@@ -181,7 +191,7 @@ def _bwd_cuda(dout, q, k, v, mask, bias, out, lse, scale, causal, softcap, deter
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     dbias = _dbias_like(bias, bias_requires_grad, q)
-    _cuda.bwd(dout, q, k, v, mask, bias, out, lse, dq, dk, dv,
+    library.bwd(dout, q, k, v, mask, bias, out, lse, dq, dk, dv,
               dbias if bias is not None and bias_requires_grad else None,
               scale, causal, softcap, deterministic,
               plan if mask is not None and plan is not None and plan.numel() else None)
@@ -191,62 +201,176 @@ def _bwd_cuda(dout, q, k, v, mask, bias, out, lse, scale, causal, softcap, deter
 torch.library.impl("flash_dmattn::bwd", "cuda", _bwd_cuda, lib=_lib)  # by call: see fwd's
 
 
-def _save_for_backward(ctx, inputs, out, lse, plan):
-    q, k, v, mask, bias, scale, causal, softcap, deterministic = inputs
-    ctx.save_for_backward(q, k, v, mask, bias, out, lse, plan)
-    ctx.args = (scale, causal, softcap, deterministic)
+# ---------------------------------------------------------------------------------------------
+# Which implementation a call runs, and the autograd function over it
 
 
-def _gradients(ctx, dout, bwd_impl):
-    """The fwd op's input gradients from what _save_for_backward kept, through bwd_impl (the bwd op,
-    or its CUDA impl called directly)."""
-    q, k, v, mask, bias, out, lse, plan = ctx.saved_tensors
-    scale, causal, softcap, deterministic = ctx.args
-    want_dbias = bias is not None and ctx.needs_input_grad[4]
-    dq, dk, dv, dbias = bwd_impl(_last_dim_contiguous(dout), q, k, v, mask, bias, out, lse,
-                                 scale, causal, softcap, deterministic, want_dbias, plan)
-    return dq, dk, dv, None, (dbias if want_dbias else None), None, None, None, None
+def _private_probe(path: str):
+    """A torch-internal callable, or None where this torch has none (then every call takes the
+    dispatcher, which is always correct, only slower)."""
+    obj = torch._C
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
 
 
-def _fwd_setup_context(ctx, inputs, output):
-    out, lse, plan = output
-    ctx.mark_non_differentiable(lse, plan)
-    _save_for_backward(ctx, inputs, out, lse, plan)
+# Whether a TorchDispatchMode or a functorch transform is active. torch has no public query for
+# either; without these probes the eager fast path is off (tests/test_cuda_path.py covers both).
+_dispatch_stack_len = _private_probe("_len_torch_dispatch_stack")
+_functorch_level = _private_probe("_functorch.peek_interpreter_stack")
 
 
-def _fwd_backward(ctx, dout, _dlse, _dplan):
-    return _gradients(ctx, dout, bwd)
+def plain_eager() -> bool:
+    """True outside torch.compile, dispatch modes (fake tensors, tracing) and functorch transforms:
+    the state in which a plain tensor can go straight to libdmattn."""
+    if _dispatch_stack_len is None or _functorch_level is None:
+        return False
+    return not torch.compiler.is_compiling() and _dispatch_stack_len() == 0 and _functorch_level() is None
 
 
-torch.library.register_autograd("flash_dmattn::fwd", _fwd_backward,
-                                setup_context=_fwd_setup_context, lib=_lib)
+def plain_eager_cuda(q, k, v) -> bool:
+    """q, k, v are plain CUDA tensors (not subclasses) in the plain eager state."""
+    return type(q) is Tensor and type(k) is Tensor and type(v) is Tensor and q.is_cuda and plain_eager()
 
 
-class EagerCudaAttention(torch.autograd.Function):
-    """The fwd op and its registered autograd for eager calls on plain CUDA tensors (api.py picks
-    them): the same CUDA impls, saved tensors and gradients, from a plain autograd.Function. The
-    registered autograd boxes each call through the dispatcher and its own Python autograd wrapper,
-    which cost ~80 us of host time per forward (bench_overhead.py) and more per backward: more than
-    a sparse call's GPU time. torch.compile, tracing modes and functorch keep the op.
-    apply(q, k, v, mask, bias, scale, causal, softcap, deterministic) -> (out, lse)."""
+def _impls(backend: str):
+    """(forward, backward) with the signatures of the fwd and bwd ops, for a backend: "direct"
+    (the CUDA impls, no dispatcher: eager calls on plain CUDA tensors, see plain_eager_cuda),
+    "library" (the ops through the dispatcher: CPU reference, CUDA kernels, fake tensors, modes,
+    torch.compile) or "reference" (reference.py on any device)."""
+    if backend == "direct":
+        return _fwd_cuda, _bwd_cuda
+    if backend == "reference":
+        return _fwd_reference, _bwd_reference
+    return fwd, bwd
+
+
+def _collapse(bias: Optional[Tensor]) -> Optional[Tensor]:
+    """The bias with its expanded axes read as size 1 (a view); the stride test keeps the common
+    case (nothing expanded) cheap."""
+    if bias is None or 0 not in bias.stride():
+        return bias
+    return collapse_expanded(bias)
+
+
+def _grad_of_expanded(dbias: Tensor, bias: Tensor, axes: tuple) -> Tensor:
+    """The gradient for ``bias`` from ``dbias``, the gradient of its collapsed view (expanded axes
+    read as size 1). Spread evenly over the positions each element stands for: the autograd step
+    that expanded ``bias`` sums them back, so its source gets ``dbias`` exactly, and no O(Q*K)
+    tensor is built. ``axes`` (plain bools from the forward) says which axes were expanded; their
+    sizes are read here, from the saved tensor, so nothing symbolic crosses from forward to backward
+    under torch.compile(dynamic=True)."""
+    copies = 1
+    for expanded, n in zip(axes, bias.shape):
+        if expanded:
+            copies = copies * n
+    return (dbias / copies).expand(bias.shape)
+
+
+class CollapseExpanded(torch.autograd.Function):
+    """``collapse_expanded`` with a gradient, for callers that hand the collapsed view to code that
+    differentiates it itself (the flex backend). apply(t) -> the collapsed view."""
 
     @staticmethod
-    def forward(ctx, q, k, v, mask, bias, scale, causal, softcap, deterministic):
-        inputs = (q, k, v, mask, bias, scale, causal, softcap, deterministic)
-        out, lse, plan = _fwd_cuda(*inputs)
-        ctx.mark_non_differentiable(lse)
-        # lse gets no gradient: without this autograd would fill a zero tensor for it every backward
-        # (a launch and ~60 us of host time on the GPU machine).
-        ctx.set_materialize_grads(False)
-        _save_for_backward(ctx, inputs, out, lse, plan)
-        return out, lse
+    def forward(t):
+        return collapse_expanded(t)
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, dout, _dlse):
+    def setup_context(ctx, inputs, output):
+        (t,) = inputs
+        ctx.save_for_backward(t)
+        ctx.axes = expanded_axes(t)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (t,) = ctx.saved_tensors
+        return _grad_of_expanded(grad, t, ctx.axes)
+
+
+def collapse_with_grad(t: Optional[Tensor]) -> Optional[Tensor]:
+    if t is None or 0 not in t.stride():
+        return t
+    return CollapseExpanded.apply(t) if _needs_grad(t) else collapse_expanded(t)
+
+
+class Attention(torch.autograd.Function):
+    """The attention forward and its gradients: one autograd node per call, whatever implementation
+    runs (``backend``, see ``_impls``). An expanded bias (stride-0 axes) is read through a
+    collapsed view and gets its gradient back in its own shape (``_grad_of_expanded``).
+    apply(q, k, v, mask, bias, scale, causal, softcap, deterministic, backend) -> (out, lse, plan)."""
+
+    @staticmethod
+    def forward(q, k, v, mask, bias, scale, causal, softcap, deterministic, backend):
+        forward, _ = _impls(backend)
+        return forward(q, k, v, mask, _collapse(bias), scale, causal,
+                       softcap, deterministic)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        q, k, v, mask, bias, scale, causal, softcap, deterministic, backend = inputs
+        out, lse, plan = output
+        ctx.mark_non_differentiable(lse, plan)
+        if not torch.compiler.is_compiling():
+            # lse and plan get no gradient: without this autograd fills zero tensors for them every
+            # backward (launches and host time).
+            ctx.set_materialize_grads(False)
+        ctx.save_for_backward(q, k, v, mask, bias, out, lse, plan)
+        ctx.args = (scale, causal, softcap, deterministic, backend)
+        ctx.bias_axes = expanded_axes(bias) if bias is not None else ()
+
+    @staticmethod
+    def backward(ctx, dout, _dlse, _dplan):
         if dout is None:  # nothing downstream of out needs a gradient
-            return (None,) * 9
-        return _gradients(ctx, dout, _bwd_cuda)
+            return (None,) * 10
+        q, k, v, mask, bias, out, lse, plan = ctx.saved_tensors
+        scale, causal, softcap, deterministic, backend = ctx.args
+        want_dbias = bias is not None and ctx.needs_input_grad[4]
+        collapsed = _collapse(bias)
+        _, backward = _impls(backend)
+        dq, dk, dv, dbias = backward(_last_dim_contiguous(dout), q, k, v, mask, collapsed, out, lse, scale,
+                                     causal, softcap, deterministic, want_dbias, plan)
+        if want_dbias and any(ctx.bias_axes):
+            dbias = _grad_of_expanded(dbias, bias, ctx.bias_axes)
+        return dq, dk, dv, None, (dbias if want_dbias else None), None, None, None, None, None
+
+
+def _distinct(*tensors):
+    """The tensors, with any that repeats an earlier one (q is k in self-attention, cu_seqlens_q is
+    cu_seqlens_k) replaced by a view of it: torch.compile cannot trace an autograd.Function given
+    one tensor twice. Eager calls pass through untouched."""
+    if not torch.compiler.is_compiling():
+        return tensors
+    seen: list = []
+    out = []
+    for t in tensors:
+        if t is not None and any(t is s for s in seen):
+            t = t.view_as(t)
+        seen.append(t)
+        out.append(t)
+    return tuple(out)
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def attention(q, k, v, mask, bias, scale: float, causal: bool, softcap: float, deterministic: bool,
+              backend: str = "library") -> tuple[Tensor, Tensor]:
+    """(out, lse) for checked arguments (arguments.py) on ``backend`` (``_impls``): through
+    ``Attention`` when a gradient is needed, else straight to the implementation."""
+    if _needs_grad(q, k, v, bias):
+        q, k, v, mask, bias = _distinct(q, k, v, mask, bias)
+        out, lse, _ = Attention.apply(q, k, v, mask, bias, scale, causal, softcap, deterministic, backend)
+        return out, lse
+    forward, _ = _impls(backend)
+    bias = _collapse(bias)
+    if forward is _fwd_cuda:  # no backward will read a plan: don't keep one
+        return _fwd_cuda(q, k, v, mask, bias, scale, causal, softcap, deterministic, keep_plan=False)
+    out, lse, _ = forward(q, k, v, mask, bias, scale, causal, softcap, deterministic)
+    return out, lse
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,7 +461,7 @@ def _varlen_fwd_cuda(q, k, v, mask, bias, cu_seqlens_q, cu_seqlens_k, max_seqlen
         return out, lse
     if k.numel() == 0 or max_seqlen_k == 0:  # no keys anywhere: every row is fully masked
         return out.zero_(), lse.fill_(_NEG_INF)
-    _cuda.varlen_fwd(q, k, v, mask, bias, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+    library.varlen_fwd(q, k, v, mask, bias, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                      max_seqlen_k, block_table, scale, causal, softcap)
     return out, lse
 
@@ -414,33 +538,56 @@ def _varlen_bwd_cuda(dout, q, k, v, mask, bias, out, lse, cu_seqlens_q, cu_seqle
     dbias = _dbias_like(bias, bias_requires_grad, q)
     if q.numel() == 0 or k.numel() == 0 or max_seqlen_k == 0:
         return dq.zero_(), dk.zero_(), dv.zero_(), dbias.zero_()
-    _cuda.varlen_bwd(dout, q, k, v, mask, bias, out, lse, dq, dk, dv,
+    library.varlen_bwd(dout, q, k, v, mask, bias, out, lse, dq, dk, dv,
                      dbias if bias is not None and bias_requires_grad else None,
                      cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table,
                      scale, causal, softcap, deterministic)
     return dq, dk, dv, dbias
 
 
-def _varlen_setup_context(ctx, inputs, output):
-    (q, k, v, mask, bias, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table,
-     scale, causal, softcap, deterministic) = inputs
-    out, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(q, k, v, mask, bias, out, lse, cu_seqlens_q, cu_seqlens_k, block_table)
-    ctx.args = (max_seqlen_q, max_seqlen_k, scale, causal, softcap, deterministic)
+class VarlenAttention(torch.autograd.Function):
+    """``Attention`` for packed sequences, over the varlen ops (no fast path: CUDA has no varlen
+    kernel yet). apply(the varlen_fwd op's arguments) -> (out, lse)."""
+
+    @staticmethod
+    def forward(q, k, v, mask, bias, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table,
+                scale, causal, softcap, deterministic):
+        return varlen_fwd(q, k, v, mask, _collapse(bias), cu_seqlens_q,
+                          cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table, scale, causal, softcap,
+                          deterministic)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        (q, k, v, mask, bias, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table,
+         scale, causal, softcap, deterministic) = inputs
+        out, lse = output
+        ctx.mark_non_differentiable(lse)
+        ctx.save_for_backward(q, k, v, mask, bias, out, lse, cu_seqlens_q, cu_seqlens_k, block_table)
+        ctx.args = (max_seqlen_q, max_seqlen_k, scale, causal, softcap, deterministic)
+        ctx.bias_axes = expanded_axes(bias) if bias is not None else ()
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        q, k, v, mask, bias, out, lse, cu_seqlens_q, cu_seqlens_k, block_table = ctx.saved_tensors
+        max_seqlen_q, max_seqlen_k, scale, causal, softcap, deterministic = ctx.args
+        want_dbias = bias is not None and ctx.needs_input_grad[4]
+        collapsed = _collapse(bias)
+        dq, dk, dv, dbias = varlen_bwd(
+            _last_dim_contiguous(dout), q, k, v, mask, collapsed, out, lse, cu_seqlens_q, cu_seqlens_k,
+            max_seqlen_q, max_seqlen_k, block_table, scale, causal, softcap, deterministic, want_dbias,
+        )
+        if want_dbias and any(ctx.bias_axes):
+            dbias = _grad_of_expanded(dbias, bias, ctx.bias_axes)
+        return (dq, dk, dv, None, (dbias if want_dbias else None)) + (None,) * 9
 
 
-def _varlen_backward(ctx, dout, _dlse):
-    q, k, v, mask, bias, out, lse, cu_seqlens_q, cu_seqlens_k, block_table = ctx.saved_tensors
-    max_seqlen_q, max_seqlen_k, scale, causal, softcap, deterministic = ctx.args
-    want_dbias = bias is not None and ctx.needs_input_grad[4]
-    dq, dk, dv, dbias = varlen_bwd(
-        _last_dim_contiguous(dout), q, k, v, mask, bias, out, lse, cu_seqlens_q, cu_seqlens_k,
-        max_seqlen_q, max_seqlen_k, block_table, scale, causal, softcap, deterministic, want_dbias,
-    )
-    return (dq, dk, dv, None, (dbias if want_dbias else None)) + (None,) * 9
-
-
-torch.library.register_autograd("flash_dmattn::varlen_fwd", _varlen_backward,
-                                setup_context=_varlen_setup_context, lib=_lib)
-
+def varlen_attention(q, k, v, mask, bias, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table,
+                     scale, causal, softcap, deterministic) -> tuple[Tensor, Tensor]:
+    """(out, lse) for checked varlen arguments."""
+    if _needs_grad(q, k, v, bias):
+        q, k, v, mask, bias, cu_seqlens_q, cu_seqlens_k, block_table = _distinct(
+            q, k, v, mask, bias, cu_seqlens_q, cu_seqlens_k, block_table)
+        return VarlenAttention.apply(q, k, v, mask, bias, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                     block_table, scale, causal, softcap, deterministic)
+    return VarlenAttention.forward(q, k, v, mask, bias, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                   block_table, scale, causal, softcap, deterministic)

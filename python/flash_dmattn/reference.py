@@ -26,28 +26,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["attention_forward", "attention_backward", "broadcast_shape_ok"]
+from .arguments import broadcast_shape_ok
+
+__all__ = ["attention_forward", "attention_backward"]
 
 # One query chunk's score tensor holds at most this many elements (B * H * chunk * K).
 _CHUNK_ELEMENTS = 1 << 26
 
 _NEG_INF = float("-inf")
-
-
-def broadcast_shape_ok(t: Tensor, name: str, B: int, H: int, H_kv: int, Q: int, K: int) -> None:
-    """Raise ValueError naming ``name`` unless ``t`` has shape ``(B|1, H|H_kv|1, Q|1, K|1)``."""
-    shape = tuple(t.shape)
-    if (
-        len(shape) != 4
-        or shape[0] not in (B, 1)
-        or shape[1] not in (H, H_kv, 1)
-        or shape[2] not in (Q, 1)
-        or shape[3] not in (K, 1)
-    ):
-        raise ValueError(
-            f"{name}: shape {shape} does not broadcast to (B|1, H|H_kv|1, Q|1, K|1) = "
-            f"({B}|1, {H}|{H_kv}|1, {Q}|1, {K}|1)"
-        )
 
 
 def _check_inputs(q, k, v, mask, bias, softcap, chunk_size) -> tuple[int, int, int, int, int, int]:

@@ -1,5 +1,6 @@
 # The backend registry: which attention implementations can run here, and why the others cannot.
-# flash_dmattn_func_auto() -> one callable with the unified signature -> cuda | triton | flex | reference.
+# flash_dmattn_func_auto() -> one callable with flash_dmattn_func's signature -> cuda | triton | flex | reference.
+# The top layer: it imports api and library, nothing below imports it.
 # Invariant: a backend is listed as available only if it runs; nothing pretends (triton is absent).
 """Backends, in priority order:
 
@@ -12,17 +13,15 @@
   available; exact but it materializes scores chunk by chunk. This one is our addition to the
   seed's three: it keeps ``flash_dmattn_func_auto()`` working on a machine with none of them.
 
-Every callable returned by ``flash_dmattn_func_auto`` takes
-``(q, k, v, attn_mask=None, attn_bias=None, is_causal=None, scale=None, softcap=None,
-deterministic=None, return_lse=False)`` with the shapes and meanings of ``flash_dmattn_func``.
+Every callable returned by ``flash_dmattn_func_auto`` takes ``flash_dmattn_func``'s arguments in
+its order, ``(q, k, v, attn_mask=None, attn_bias=None, scale=None, is_causal=None, softcap=None,
+deterministic=None, return_lse=False)``, with the same shapes and meanings.
 """
 from __future__ import annotations
 
 from typing import Callable, Optional
 
-import torch
-
-from . import cuda as _cuda
+from .. import api, library
 from . import flex as _flex
 from .flex import flex_dmattn_func
 
@@ -52,14 +51,14 @@ def __getattr__(name: str):
     # CUDA_AVAILABLE asks the library about the current device, which initializes CUDA: do it on
     # first use, not at import (importing flash_dmattn stays cheap and fork-safe).
     if name == "CUDA_AVAILABLE":
-        return _cuda.unavailable_reason() is None
+        return library.unavailable_reason() is None
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def backend_status() -> dict[str, Optional[str]]:
     """{backend name: None if it can run here, else the reason it cannot}, in priority order."""
     return {
-        "cuda": _cuda.unavailable_reason(),
+        "cuda": library.unavailable_reason(),
         "triton": _TRITON_REASON,
         "flex": _flex.unavailable_reason(),
         "reference": None,
@@ -71,70 +70,26 @@ def get_available_backends() -> list[str]:
     return [name for name, reason in backend_status().items() if reason is None]
 
 
-def cuda_dmattn_func(q, k, v, attn_mask=None, attn_bias=None, is_causal=None, scale=None,
+def cuda_dmattn_func(q, k, v, attn_mask=None, attn_bias=None, scale=None, is_causal=None,
                      softcap=None, deterministic=None, return_lse=False):
-    """``flash_dmattn_func`` (our CUDA kernels) with the unified argument order."""
-    from ..api import flash_dmattn_func
-
-    return flash_dmattn_func(q, k, v, attn_mask, attn_bias, scale=scale, is_causal=is_causal,
-                             softcap=softcap, deterministic=deterministic, return_lse=return_lse)
+    """``flash_dmattn_func``: our CUDA kernels."""
+    return api.flash_dmattn_func(q, k, v, attn_mask, attn_bias, scale, is_causal, softcap, deterministic,
+                                 return_lse)
 
 
-def triton_dmattn_func(q, k, v, attn_mask=None, attn_bias=None, is_causal=None, scale=None,
+def triton_dmattn_func(q, k, v, attn_mask=None, attn_bias=None, scale=None, is_causal=None,
                        softcap=None, deterministic=None, return_lse=False):
     """Planned Triton backend. Always raises NotImplementedError: there is no Triton kernel yet."""
     raise NotImplementedError(f"triton_dmattn_func: {_TRITON_REASON}; use "
                               "flash_dmattn_func_auto() to get the best available backend")
 
 
-class _ReferenceAttention(torch.autograd.Function):
-    """The reference forward/backward as one autograd node, for devices without a registered op."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, mask, bias, scale, causal, softcap):
-        from .. import reference
-
-        out, lse = reference.attention_forward(q, k, v, mask, bias, scale=scale, causal=causal,
-                                               softcap=softcap)
-        ctx.save_for_backward(q, k, v, mask, bias, out, lse)
-        ctx.args = (scale, causal, softcap)
-        ctx.mark_non_differentiable(lse)
-        return out, lse
-
-    @staticmethod
-    def backward(ctx, dout, _dlse):
-        from .. import reference
-
-        q, k, v, mask, bias, out, lse = ctx.saved_tensors
-        scale, causal, softcap = ctx.args
-        want_dbias = bias is not None and ctx.needs_input_grad[4]
-        dq, dk, dv, dbias = reference.attention_backward(
-            dout, q, k, v, mask, bias, out, lse, scale=scale, causal=causal, softcap=softcap,
-            bias_requires_grad=want_dbias,
-        )
-        return dq, dk, dv, None, dbias, None, None, None
-
-
-def reference_dmattn_func(q, k, v, attn_mask=None, attn_bias=None, is_causal=None, scale=None,
+def reference_dmattn_func(q, k, v, attn_mask=None, attn_bias=None, scale=None, is_causal=None,
                           softcap=None, deterministic=None, return_lse=False):
-    """The pure-PyTorch reference on any device, differentiable, any float dtype and head dim.
-
-    CPU tensors go through the ``flash_dmattn::fwd`` op (whose CPU kernel is the reference);
-    other devices (CUDA included) call the reference directly inside one autograd node.
-    ``deterministic`` has no effect: the reference is deterministic.
-    """
-    from .. import api, ops
-
-    a = api.normalize(q, k, v, attn_mask, attn_bias, scale, is_causal, softcap, deterministic,
-                      kernel=False)
-    want_lse = api._flag(return_lse, "return_lse")
-    if a.q.device.type == "cpu":
-        out, lse, _ = ops.fwd(a.q, a.k, a.v, a.mask, a.bias, a.scale, a.causal, a.softcap,
-                              a.deterministic)
-    else:
-        out, lse = _ReferenceAttention.apply(a.q, a.k, a.v, a.mask, a.bias, a.scale, a.causal,
-                                             a.softcap)
-    return (out, lse) if want_lse else out
+    """The pure-PyTorch reference (reference.py) on any device, differentiable, any float dtype and
+    head dim. ``deterministic`` has no effect: the reference is deterministic."""
+    return api.attention(q, k, v, attn_mask, attn_bias, scale, is_causal, softcap, deterministic, return_lse,
+                         backend="reference")
 
 
 _FUNCS: dict[str, Callable] = {
@@ -156,8 +111,8 @@ def flash_dmattn_func_auto(backend: Optional[str] = None) -> Callable:
     """The attention callable of ``backend``, or of the best available one when None.
 
     Priority: cuda > triton > flex > reference. The callable has the unified signature
-    ``attn(q, k, v, attn_mask=None, attn_bias=None, is_causal=None, scale=None, softcap=None,
-    deterministic=None, return_lse=False)``; it is not the output.
+    ``attn(q, k, v, attn_mask=None, attn_bias=None, scale=None, is_causal=None, softcap=None,
+    deterministic=None, return_lse=False)`` of ``flash_dmattn_func``; it is not the output.
 
     Example::
 

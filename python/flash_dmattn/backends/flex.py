@@ -1,5 +1,5 @@
 # FlexAttention backend: our keep-mask, causal rule, bias and softcap as a BlockMask and a score_mod.
-# flex_dmattn_func(...) -> api.normalize -> torch.nn.attention.flex_attention (compiled on CUDA).
+# flex_dmattn_func(...) -> arguments.normalize -> torch.nn.attention.flex_attention (compiled on CUDA).
 # Invariant: same semantics as reference.py (bottom-right causal, a row with no kept key gives 0).
 """PyTorch FlexAttention backend.
 
@@ -109,7 +109,7 @@ def _score_mod(bias: Optional[Tensor], softcap: float, H: int, H_kv: int):
     return score_mod
 
 
-def flex_dmattn_func(q, k, v, attn_mask=None, attn_bias=None, is_causal=None, scale=None,
+def flex_dmattn_func(q, k, v, attn_mask=None, attn_bias=None, scale=None, is_causal=None,
                      softcap=None, deterministic=None, return_lse=False):
     """Attention through PyTorch FlexAttention, with the semantics of ``flash_dmattn_func``.
 
@@ -123,13 +123,13 @@ def flex_dmattn_func(q, k, v, attn_mask=None, attn_bias=None, is_causal=None, sc
 
         out = flex_dmattn_func(q, k, v, attn_mask=keep, attn_bias=bias, is_causal=True)
     """
-    from .. import api
+    from .. import arguments, ops
     from . import reference_dmattn_func
 
     if _flex is None:
         raise RuntimeError(f"flex_dmattn_func: {import_error()}")
-    a = api.normalize(q, k, v, attn_mask, attn_bias, scale, is_causal, softcap, deterministic,
-                      kernel=False)
+    a = arguments.normalize(q, k, v, attn_mask, attn_bias, scale, is_causal, softcap, deterministic)
+    a = a._replace(bias=ops.collapse_with_grad(a.bias))
     if a.q.device.type == "cpu":
         if torch.is_grad_enabled() and any(t.requires_grad for t in (a.q, a.k, a.v)):
             raise NotImplementedError(
@@ -138,11 +138,11 @@ def flex_dmattn_func(q, k, v, attn_mask=None, attn_bias=None, is_causal=None, sc
             )
         # torch refuses CPU inputs that require grad even under no_grad; nothing is recorded here
         a = a._replace(q=a.q.detach(), k=a.k.detach(), v=a.v.detach())
-    want_lse = api._flag(return_lse, "return_lse")
+    want_lse = arguments.flag(return_lse, "return_lse")
     B, Q, H, _ = a.q.shape
     K, H_kv = a.k.shape[1], a.k.shape[2]
     if a.q.numel() == 0 or K == 0:
-        return reference_dmattn_func(a.q, a.k, a.v, a.mask, a.bias, a.causal, a.scale, a.softcap,
+        return reference_dmattn_func(a.q, a.k, a.v, a.mask, a.bias, a.scale, a.causal, a.softcap,
                                      return_lse=want_lse)
     keep = a.mask if a.mask is None or a.mask.dtype == torch.bool else a.mask != 0
     block_mask = _block_mask(keep, a.causal, B, H, H_kv, Q, K, a.q.device)

@@ -1,4 +1,7 @@
-"""CUDA backend: the only importer of the compiled module `flash_dmattn._C`.
+# The adaptor to libdmattn: the only importer of the compiled module flash_dmattn._C.
+# ops.py (the CUDA impls of the ops) -> here -> _C (nanobind, DLPack) -> libdmattn's C ABI.
+# Invariant: nothing here knows the public API; errors come back with the public argument names.
+"""libdmattn through ``flash_dmattn._C``: availability, facts and the launch calls.
 
 Allocates workspaces with torch (so the caching allocator and CUDA graphs see them), passes the
 current raw stream, and maps library status codes to Python exceptions (done inside _C).
