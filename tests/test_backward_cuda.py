@@ -313,16 +313,16 @@ def test_backward_walks_the_plan_the_forward_kept(mask_shape):
         cuda_backend.bwd(dout, q, k, v, mask, bias, out, lse, dq, dk, dv, dbias, scale, True, 0.0, True, plan[:16])
 
 
-@pytest.mark.parametrize("path", ["eager", "op"])
+@pytest.mark.parametrize("path", ["direct", "dispatcher"])
 def test_autograd_hands_the_forward_plan_to_the_backward(monkeypatch, path):
-    """Both autograd paths (the public function's eager one and the op's registered one, which
-    torch.compile traces) give the backward the plan the forward wrote."""
+    """Both of ops.Attention's ways to the kernels (the eager fast path, and the dispatcher that
+    torch.compile and dispatch modes take) give the backward the plan the forward wrote."""
     import flash_dmattn
 
     require_kernels(torch.bfloat16, 64, "fwd", "bwd")
     inp = rand_inputs(1, 130, 140, 2, 2, 64, dtype=torch.bfloat16, mask_shape=(1, 2, 130, 140))
     seen = []
-    name = "_bwd_cuda" if path == "eager" else "bwd"  # what each path's backward calls
+    name = "_bwd_cuda" if path == "direct" else "bwd"  # what each path's backward calls
     real_bwd = getattr(flash_dmattn.ops, name)
 
     def spy(*args):
@@ -330,12 +330,11 @@ def test_autograd_hands_the_forward_plan_to_the_backward(monkeypatch, path):
         return real_bwd(*args)
 
     monkeypatch.setattr(flash_dmattn.ops, name, spy)
+    if path == "dispatcher":
+        monkeypatch.setattr(flash_dmattn.ops, "_dispatch_stack_len", None)
     q = inp.q.cuda().requires_grad_()
     k, v, mask = inp.k.cuda(), inp.v.cuda(), inp.mask.cuda()
-    if path == "eager":
-        out = flash_dmattn.flash_dmattn_func(q, k, v, attn_mask=mask)
-    else:
-        out = torch.ops.flash_dmattn.fwd(q, k, v, mask, None, 64 ** -0.5, False, 0.0, False)[0]
+    out = flash_dmattn.flash_dmattn_func(q, k, v, attn_mask=mask)
     out.sum().backward()
     assert len(seen) == 1 and seen[0].numel() == cuda_backend.plan_bytes(inp.mask, 130, 140)
     assert q.grad is not None and not q.grad.isnan().any()

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import flash_dmattn
-from flash_dmattn import library
+from helpers.kernels import require_kernels
 
-H, H_KV, D = 4, 2, 16
+H, H_KV, D = 4, 2, 64  # D = 64: a kernel bucket every GPU build in CI and gpu_check holds
 
 # (per-head, per-key) scores of shape (B, h, L) -> a bias expanded to (B, h, L, L); h is H or H_kv.
 EXPANDED_BIAS = {
@@ -59,8 +59,8 @@ def _eager_and_compiled(model, compiled, x):
 @pytest.mark.parametrize("device,dtype,backend", list(_device_params()))
 @pytest.mark.parametrize("form", EXPANDED_BIAS)
 def test_expanded_trainable_bias_compiles_dynamic_without_recompiling(form, device, dtype, backend):
-    if device == "cuda" and library.unavailable_reason() is not None:
-        pytest.skip(library.unavailable_reason())
+    if device == "cuda":
+        require_kernels(dtype, D, "fwd", "bwd")
     torch.manual_seed(0)
     model = ScoredAttention(form).to(device, dtype)
     torch._dynamo.reset()
@@ -70,16 +70,19 @@ def test_expanded_trainable_bias_compiles_dynamic_without_recompiling(form, devi
         x = torch.randn(2, L, H * D, device=device, dtype=dtype)
         with torch._dynamo.config.patch(error_on_recompile=i > 0):
             eager, got = _eager_and_compiled(model, compiled, x)
+        # Absolute error against the largest value of the call: the score layer's bias gradient is
+        # a sum that cancels to 0 (softmax rows), so it is rounding noise in both.
+        scale = max(float(w.abs().max()) for w in eager)
         for g, w in zip(got, eager):
-            torch.testing.assert_close(g, w, **tol)
+            torch.testing.assert_close(g, w, rtol=tol["rtol"], atol=tol["atol"] * scale)
 
 
 @pytest.mark.parametrize("device,dtype,backend", list(_device_params()))
 def test_self_attention_on_one_tensor_compiles(device, dtype, backend):
     # One tensor as q, k and v: an autograd.Function given a tensor twice does not trace unless
     # the repeats become views (ops._distinct).
-    if device == "cuda" and library.unavailable_reason() is not None:
-        pytest.skip(library.unavailable_reason())
+    if device == "cuda":
+        require_kernels(dtype, D, "fwd", "bwd")
     x = torch.randn(2, 24, H, D, device=device, dtype=dtype, requires_grad=True)
     f = lambda x: flash_dmattn.flash_dmattn_func(x, x, x, is_causal=True)  # noqa: E731
     torch._dynamo.reset()

@@ -205,3 +205,18 @@ def test_gradients_through_the_one_autograd_node_pass_gradcheck():
     assert type(f(q, k, v, score).grad_fn).__name__.startswith("Attention")
     assert torch.autograd.gradcheck(f, (q, k, v, score))
 
+
+def test_functorch_grad_goes_through_the_transformable_node():
+    # torch.func.grad needs an autograd.Function in the setup_context form (AttentionForTransforms).
+    q, k, v = _qkv(1, 5, 7, 4, 2, 8, requires_grad=False)
+    bias = torch.randn(1, 2, 1, 7, dtype=torch.float64)
+
+    def loss(q, bias):
+        return flash_dmattn_func(q, k, v, attn_bias=bias.expand(1, 2, 5, 7), is_causal=True).square().sum()
+
+    got = torch.func.grad(loss, argnums=(0, 1))(q, bias)
+    qg, bg = q.clone().requires_grad_(), bias.clone().requires_grad_()
+    want = torch.autograd.grad(loss(qg, bg), (qg, bg))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+

@@ -295,45 +295,68 @@ def collapse_with_grad(t: Optional[Tensor]) -> Optional[Tensor]:
     return CollapseExpanded.apply(t) if _needs_grad(t) else collapse_expanded(t)
 
 
+def _attention_forward(q, k, v, mask, bias, scale, causal, softcap, deterministic, backend):
+    forward, _ = _impls(backend)
+    return forward(q, k, v, mask, _collapse(bias), scale, causal, softcap, deterministic)
+
+
+def _attention_setup(ctx, inputs, output):
+    q, k, v, mask, bias, scale, causal, softcap, deterministic, backend = inputs
+    out, lse, plan = output
+    ctx.mark_non_differentiable(lse, plan)
+    if not torch.compiler.is_compiling():
+        # lse and plan get no gradient: without this autograd fills zero tensors for them every
+        # backward (launches and host time).
+        ctx.set_materialize_grads(False)
+    ctx.save_for_backward(q, k, v, mask, bias, out, lse, plan)
+    ctx.args = (scale, causal, softcap, deterministic, backend)
+    ctx.bias_axes = expanded_axes(bias) if bias is not None else ()
+
+
+def _attention_backward(ctx, dout, _dlse, _dplan):
+    if dout is None:  # nothing downstream of out needs a gradient
+        return (None,) * 10
+    q, k, v, mask, bias, out, lse, plan = ctx.saved_tensors
+    scale, causal, softcap, deterministic, backend = ctx.args
+    want_dbias = bias is not None and ctx.needs_input_grad[4]
+    _, backward = _impls(backend)
+    dq, dk, dv, dbias = backward(_last_dim_contiguous(dout), q, k, v, mask, _collapse(bias), out, lse, scale,
+                                 causal, softcap, deterministic, want_dbias, plan)
+    if want_dbias and any(ctx.bias_axes):
+        dbias = _grad_of_expanded(dbias, bias, ctx.bias_axes)
+    return dq, dk, dv, None, (dbias if want_dbias else None), None, None, None, None, None
+
+
 class Attention(torch.autograd.Function):
     """The attention forward and its gradients: one autograd node per call, whatever implementation
     runs (``backend``, see ``_impls``). An expanded bias (stride-0 axes) is read through a
     collapsed view and gets its gradient back in its own shape (``_grad_of_expanded``).
-    apply(q, k, v, mask, bias, scale, causal, softcap, deterministic, backend) -> (out, lse, plan)."""
+    apply(q, k, v, mask, bias, scale, causal, softcap, deterministic, backend) -> (out, lse, plan).
+
+    Written with ``forward(ctx, ...)``: the setup_context form costs ~45 us more a call (torch binds
+    its arguments with inspect.signature on every apply; bench_overhead.py, H100 host). functorch
+    transforms need that form: they get ``AttentionForTransforms``, the same steps."""
 
     @staticmethod
-    def forward(q, k, v, mask, bias, scale, causal, softcap, deterministic, backend):
-        forward, _ = _impls(backend)
-        return forward(q, k, v, mask, _collapse(bias), scale, causal,
-                       softcap, deterministic)
+    def forward(ctx, q, k, v, mask, bias, scale, causal, softcap, deterministic, backend):
+        inputs = (q, k, v, mask, bias, scale, causal, softcap, deterministic, backend)
+        output = _attention_forward(*inputs)
+        _attention_setup(ctx, inputs, output)
+        return output
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        q, k, v, mask, bias, scale, causal, softcap, deterministic, backend = inputs
-        out, lse, plan = output
-        ctx.mark_non_differentiable(lse, plan)
-        if not torch.compiler.is_compiling():
-            # lse and plan get no gradient: without this autograd fills zero tensors for them every
-            # backward (launches and host time).
-            ctx.set_materialize_grads(False)
-        ctx.save_for_backward(q, k, v, mask, bias, out, lse, plan)
-        ctx.args = (scale, causal, softcap, deterministic, backend)
-        ctx.bias_axes = expanded_axes(bias) if bias is not None else ()
+    backward = staticmethod(_attention_backward)
 
-    @staticmethod
-    def backward(ctx, dout, _dlse, _dplan):
-        if dout is None:  # nothing downstream of out needs a gradient
-            return (None,) * 10
-        q, k, v, mask, bias, out, lse, plan = ctx.saved_tensors
-        scale, causal, softcap, deterministic, backend = ctx.args
-        want_dbias = bias is not None and ctx.needs_input_grad[4]
-        collapsed = _collapse(bias)
-        _, backward = _impls(backend)
-        dq, dk, dv, dbias = backward(_last_dim_contiguous(dout), q, k, v, mask, collapsed, out, lse, scale,
-                                     causal, softcap, deterministic, want_dbias, plan)
-        if want_dbias and any(ctx.bias_axes):
-            dbias = _grad_of_expanded(dbias, bias, ctx.bias_axes)
-        return dq, dk, dv, None, (dbias if want_dbias else None), None, None, None, None, None
+
+class AttentionForTransforms(torch.autograd.Function):
+    """``Attention`` in the setup_context form that torch.func transforms require."""
+
+    forward = staticmethod(_attention_forward)
+    setup_context = staticmethod(_attention_setup)
+    backward = staticmethod(_attention_backward)
+
+
+def _autograd_function():
+    return Attention if _functorch_level is None or _functorch_level() is None else AttentionForTransforms
 
 
 def _distinct(*tensors):
@@ -362,7 +385,7 @@ def attention(q, k, v, mask, bias, scale: float, causal: bool, softcap: float, d
     ``Attention`` when a gradient is needed, else straight to the implementation."""
     if _needs_grad(q, k, v, bias):
         q, k, v, mask, bias = _distinct(q, k, v, mask, bias)
-        out, lse, _ = Attention.apply(q, k, v, mask, bias, scale, causal, softcap, deterministic, backend)
+        out, lse, _ = _autograd_function().apply(q, k, v, mask, bias, scale, causal, softcap, deterministic, backend)
         return out, lse
     forward, _ = _impls(backend)
     bias = _collapse(bias)
