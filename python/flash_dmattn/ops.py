@@ -333,9 +333,10 @@ class Attention(torch.autograd.Function):
     collapsed view and gets its gradient back in its own shape (``_grad_of_expanded``).
     apply(q, k, v, mask, bias, scale, causal, softcap, deterministic, backend) -> (out, lse, plan).
 
-    Written with ``forward(ctx, ...)``: the setup_context form costs ~45 us more a call (torch binds
-    its arguments with inspect.signature on every apply; bench_overhead.py, H100 host). functorch
-    transforms need that form: they get ``AttentionForTransforms``, the same steps."""
+    Written with ``forward(ctx, ...)``: torch binds the arguments of the setup_context form with
+    inspect.signature on every apply (~57 us more a call on the 2-core CPU machine, 24 us of it the
+    binding). functorch transforms need that form: they get ``AttentionForTransforms``, the same
+    steps."""
 
     @staticmethod
     def forward(ctx, q, k, v, mask, bias, scale, causal, softcap, deterministic, backend):
