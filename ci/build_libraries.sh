@@ -14,7 +14,7 @@ jobs=${JOBS:-$(nproc)}
 start=$(date +%s)
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDMATTN_BUILD_PYTHON=OFF -DCMAKE_INSTALL_LIBDIR=lib \
   -DDMATTN_ARCHS="${DMATTN_ARCHS:-all}" -DDMATTN_HEAD_DIMS="${DMATTN_HEAD_DIMS:-}" -DDMATTN_KERNELS="${DMATTN_KERNELS:-}" \
-  -DDMATTN_BWD_WIDE_HEAD_DIMS="${DMATTN_BWD_WIDE_HEAD_DIMS:-OFF}" \
+  -DDMATTN_BWD_WIDE_HEAD_DIMS="${DMATTN_BWD_WIDE_HEAD_DIMS:-ON}" \
   ${CUTLASS_DIR:+-DCUTLASS_DIR="$CUTLASS_DIR"}
 # One line per run of this build tree: its start and end (epoch seconds). A run killed by a time
 # limit wrote no end; its last finished compile (the mtime of .ninja_log) stands in for it.

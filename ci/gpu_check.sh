@@ -9,8 +9,7 @@
 # them under benchmarks/results/<date>-<gpu>/. Environment:
 #   DMATTN_ARCHS      archs to build (default: the local GPU's)
 #   DMATTN_HEAD_DIMS  head-dim subset (default: all)
-#   DMATTN_BWD_WIDE_HEAD_DIMS  ON (default here, OFF in a plain build): the backward's D = 192/256
-#                     kernels, not yet run on a GPU, are built so that this suite runs them
+#   DMATTN_BWD_WIDE_HEAD_DIMS  ON (the default): the backward's D = 192/256 kernels
 #   CUTLASS_DIR       CUTLASS headers; otherwise a nvidia-cutlass wheel in .whl/ or the installed package
 #   GIT_COMMIT        commit being checked (default: git rev-parse HEAD when .git exists)
 #   JOBS              build parallelism (default: nproc)

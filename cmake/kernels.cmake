@@ -12,15 +12,17 @@ set(DMATTN_HEAD_DIM_BUCKETS 32 64 96 128 192 256)
 set(DMATTN_DTYPES fp16 bf16)
 # Directions whose kernels exist; the others answer NOT_IMPLEMENTED at run time.
 set(DMATTN_IMPLEMENTED_DIRECTIONS fwd bwd)
-# Head-dim buckets each direction has kernels for. The backward's D = 192/256 kernels compile (one
-# buffer of Q and dO, dQ in 64-column passes: bwd_kernel.cuh) but have not run on a GPU yet, so they
-# are left out unless asked for; ci/gpu_check.sh asks, so its suite is what clears them.
-option(DMATTN_BWD_WIDE_HEAD_DIMS "Also build the backward kernels for head dims 192 and 256 (not yet run on a GPU)" OFF)
+# Head-dim buckets each direction has kernels for, and per family where that differs. The backward
+# at D = 192/256 (one Q/dO buffer, dQ in 64-column passes: bwd_kernel.cuh) needs 115-165 KB of shared
+# memory a block: the sm80 (A100: 163 KB), sm90 and sm100 (227 KB) families build it; the sm120
+# family's GPUs have 99 KB, so its library leaves those rows out and says why (family.cu).
+option(DMATTN_BWD_WIDE_HEAD_DIMS "Build the backward kernels for head dims 192 and 256 (on the families whose GPUs fit them)" ON)
 set(DMATTN_fwd_HEAD_DIM_BUCKETS ${DMATTN_HEAD_DIM_BUCKETS})
 set(DMATTN_bwd_HEAD_DIM_BUCKETS 32 64 96 128)
 if(DMATTN_BWD_WIDE_HEAD_DIMS)
   list(APPEND DMATTN_bwd_HEAD_DIM_BUCKETS 192 256)
 endif()
+set(DMATTN_bwd_HEAD_DIM_BUCKETS_sm120 32 64 96 128)
 
 function(dmattn_kernel_rows families out_var)
   # Accept "64;128", "64 128" and "64,128" (the environment variable passes through unsplit).
@@ -37,8 +39,12 @@ function(dmattn_kernel_rows families out_var)
   foreach(_family IN LISTS families)
     foreach(_direction IN LISTS DMATTN_IMPLEMENTED_DIRECTIONS)
       foreach(_dtype IN LISTS DMATTN_DTYPES)
+        set(_buckets ${DMATTN_${_direction}_HEAD_DIM_BUCKETS})
+        if(DEFINED DMATTN_${_direction}_HEAD_DIM_BUCKETS_${_family})
+          set(_buckets ${DMATTN_${_direction}_HEAD_DIM_BUCKETS_${_family}})
+        endif()
         foreach(_d IN LISTS _head_dims)
-          if(NOT _d IN_LIST DMATTN_${_direction}_HEAD_DIM_BUCKETS)
+          if(NOT _d IN_LIST _buckets)
             continue()
           endif()
           set(_row "${_family}:${_direction}:${_dtype}:${_d}")

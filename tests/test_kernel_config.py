@@ -48,7 +48,7 @@ def test_backward_config_chunks_and_shared_memory(tmp_path):
 
 
 def kernel_rows(*defines: str) -> list[str]:
-    """The sm90 family's kernel-table rows from cmake/kernels.cmake, with -D definitions."""
+    """A family's kernel-table rows (FAMILY=..., default sm90) from cmake/kernels.cmake, with -D definitions."""
     script = ROOT / "tests/kernel_config/print_rows.cmake"
     result = subprocess.run(["cmake", *(f"-D{d}" for d in defines), "-P", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -57,13 +57,17 @@ def kernel_rows(*defines: str) -> list[str]:
 
 
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not on PATH")
-def test_wide_backward_rows_only_when_asked_for():
-    """The backward's D = 192/256 kernels have not run on a GPU yet: a plain build leaves them out (the
-    library then answers NOT_IMPLEMENTED for them), DMATTN_BWD_WIDE_HEAD_DIMS=ON adds them."""
-    plain = kernel_rows()
-    assert "sm90:bwd:bf16:128" in plain and "sm90:fwd:bf16:256" in plain
-    assert not any(r.startswith("sm90:bwd:") and r.endswith((":192", ":256")) for r in plain)
-    wide = kernel_rows("DMATTN_BWD_WIDE_HEAD_DIMS=ON")
-    assert set(wide) - set(plain) == {f"sm90:bwd:{t}:{d}" for t in ("fp16", "bf16") for d in (192, 256)}
-    assert kernel_rows("DMATTN_BWD_WIDE_HEAD_DIMS=ON", "DMATTN_HEAD_DIMS=256") == [
+def test_wide_backward_rows_on_the_families_whose_gpus_fit_them():
+    """The backward's D = 192/256 kernels need 115-165 KB of shared memory a block: every family but
+    sm120 (99 KB GPUs) builds them unless DMATTN_BWD_WIDE_HEAD_DIMS=OFF."""
+    wide = {f"bwd:{t}:{d}" for t in ("fp16", "bf16") for d in (192, 256)}
+    for family in ("sm80", "sm90", "sm100"):
+        rows = kernel_rows(f"FAMILY={family}")
+        off = kernel_rows(f"FAMILY={family}", "DMATTN_BWD_WIDE_HEAD_DIMS=OFF")
+        assert f"{family}:bwd:bf16:128" in off and f"{family}:fwd:bf16:256" in off
+        assert set(rows) - set(off) == {f"{family}:{r}" for r in wide}
+    sm120 = kernel_rows("FAMILY=sm120")
+    assert "sm120:bwd:bf16:128" in sm120 and "sm120:fwd:bf16:256" in sm120
+    assert not any(r.split(":", 1)[1] in wide for r in sm120)
+    assert kernel_rows("DMATTN_HEAD_DIMS=256") == [
         "sm90:fwd:fp16:256", "sm90:fwd:bf16:256", "sm90:bwd:fp16:256", "sm90:bwd:bf16:256"]

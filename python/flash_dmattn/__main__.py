@@ -61,7 +61,8 @@ def _join(values) -> str:
 
 def _head_dims_by_direction(kernels) -> str:
     """'forward 32, 64; backward 64' from kernel-table rows (family:direction:dtype:head_dim): the
-    directions can hold different head dims (the backward's 192/256 are built only on request)."""
+    directions can hold different head dims (no backward at 192/256 on sm120, or with
+    DMATTN_BWD_WIDE_HEAD_DIMS=OFF)."""
     dims: dict[str, set[int]] = {"fwd": set(), "bwd": set()}
     for row in kernels or ():
         _, direction, _, head_dim = row.split(":")

@@ -1,5 +1,5 @@
-# print_rows.cmake: prints the sm90 family's kernel-table rows as cmake/kernels.cmake makes them, for
-# tests/test_kernel_config.py: cmake [-DNAME=VALUE...] -P print_rows.cmake
+# print_rows.cmake: prints a family's kernel-table rows (FAMILY, default sm90) as cmake/kernels.cmake
+# makes them, for tests/test_kernel_config.py: cmake [-DNAME=VALUE...] -P print_rows.cmake
 cmake_minimum_required(VERSION 3.25)
 # CMakeLists.txt caches these as "" unless given: so must a script.
 foreach(_var DMATTN_HEAD_DIMS DMATTN_KERNELS)
@@ -8,5 +8,8 @@ foreach(_var DMATTN_HEAD_DIMS DMATTN_KERNELS)
   endif()
 endforeach()
 include(${CMAKE_CURRENT_LIST_DIR}/../../cmake/kernels.cmake)
-dmattn_kernel_rows("sm90" _rows)
+if(NOT DEFINED FAMILY)
+  set(FAMILY sm90)
+endif()
+dmattn_kernel_rows("${FAMILY}" _rows)
 message("ROWS=${_rows}")
