@@ -9,7 +9,8 @@
 #   sm90  <- 90            SASS sm_90a (Hopper-only instructions allowed)
 #   sm100 <- 100 103 110   SASS sm_XXXf (family-portable Blackwell datacenter code)
 #   sm120 <- 120 121       SASS sm_120
-# The family holding the newest arch also embeds PTX for it, so newer GPUs still run.
+# The family holding the newest arch also embeds PTX for it, so newer GPUs still run, where that
+# costs no extra compile pass (see dmattn_resolve_archs).
 
 set(DMATTN_ALL_ARCHS 80 90 100 120)
 
@@ -91,10 +92,18 @@ function(dmattn_resolve_archs)
     list(APPEND _gencode_${_family} "-gencode=${_target}")
   endforeach()
   list(REMOVE_DUPLICATES _families)
-  # PTX of the newest arch, in the newest family's library (plain compute_XX: portable forward).
+  # PTX of the newest arch (plain compute_XX, portable forward) in the newest family's library, for
+  # GPUs newer than every family (families.cpp sends them to sm120). Only where that arch's SASS
+  # comes from plain compute_XX too (80, 120; a wheel's all-arch build ends with 120): then the PTX
+  # shares the compile's front-end pass. Behind sm_90a or sm_100f it would take a second pass of
+  # cicc per unit, about 45% of a unit's time (benchmarks/results/2026-12-06-cpu-build-units), for
+  # PTX that only a GPU of the same family but none of its SASS targets could load.
   list(GET _archs -1 _newest)
   list(GET _families -1 _newest_family)
-  list(APPEND _gencode_${_newest_family} "-gencode=arch=compute_${_newest},code=compute_${_newest}")
+  dmattn_sass_target(${_newest} _newest_target)
+  if(_newest_target STREQUAL "arch=compute_${_newest},code=sm_${_newest}")
+    list(APPEND _gencode_${_newest_family} "-gencode=arch=compute_${_newest},code=compute_${_newest}")
+  endif()
   set(DMATTN_BUILT_ARCHS "${_archs}" PARENT_SCOPE)
   set(DMATTN_BUILT_FAMILIES "${_families}" PARENT_SCOPE)
   foreach(_family IN LISTS _families)

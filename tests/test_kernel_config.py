@@ -71,3 +71,27 @@ def test_wide_backward_rows_on_the_families_whose_gpus_fit_them():
     assert not any(r.split(":", 1)[1] in wide for r in sm120)
     assert kernel_rows("DMATTN_HEAD_DIMS=256") == [
         "sm90:fwd:fp16:256", "sm90:fwd:bf16:256", "sm90:bwd:fp16:256", "sm90:bwd:bf16:256"]
+
+
+def gencode(archs: str) -> dict[str, list[str]]:
+    """{family: its -gencode flags} as cmake/archs.cmake resolves DMATTN_ARCHS=archs."""
+    script = ROOT / "tests/kernel_config/print_gencode.cmake"
+    result = subprocess.run(["cmake", f"-DDMATTN_ARCHS={archs}", "-P", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = [ln[len("GENCODE "):] for ln in result.stderr.splitlines() if ln.startswith("GENCODE ")]
+    return {name: flags.split(";") for name, flags in (ln.split("=", 1) for ln in lines)}
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not on PATH")
+def test_ptx_rides_only_on_a_plain_compute_pass():
+    """The newest arch's PTX is embedded where its SASS comes from plain compute_XX (one front-end
+    pass makes both): a wheel's all-arch build puts it in sm120. Behind sm_90a or sm_100f it would
+    double every unit's cicc time, so single-arch sm90/sm100 builds carry SASS only."""
+    ptx = "-gencode=arch=compute_{0},code=compute_{0}"
+    every = gencode("all")
+    assert every["sm120"] == ["-gencode=arch=compute_120,code=sm_120", ptx.format(120)]
+    assert every["sm90"] == ["-gencode=arch=compute_90a,code=sm_90a"]
+    assert every["sm100"] == ["-gencode=arch=compute_100f,code=sm_100f"]
+    assert gencode("80") == {"sm80": ["-gencode=arch=compute_80,code=sm_80", ptx.format(80)]}
+    assert gencode("90") == {"sm90": ["-gencode=arch=compute_90a,code=sm_90a"]}
+    assert gencode("100") == {"sm100": ["-gencode=arch=compute_100f,code=sm_100f"]}
