@@ -172,7 +172,10 @@ def collapse_expanded(t: Tensor) -> Tensor:
     """A view of ``t`` whose expanded axes have size 1: the first element of each, by narrow, which
     torch.compile keeps exact (as_strided on an intermediate reads the storage inductor laid out,
     not the view's). Not for autograd: narrow's backward builds a zero tensor of t's full size, so a
-    tensor that needs a gradient is collapsed inside ops.Attention (or ops.CollapseExpanded)."""
+    tensor that needs a gradient is collapsed inside ops.Attention (or ops.CollapseExpanded). The
+    stride test first keeps the common case (nothing expanded) to one check on the hot path."""
+    if 0 not in t.stride():
+        return t
     for axis, expanded in enumerate(expanded_axes(t)):
         if expanded:
             t = t.narrow(axis, 0, 1)
@@ -249,8 +252,7 @@ def eager_kernel_args(q, k, v, attn_mask, attn_bias, scale, is_causal, softcap, 
     if mask is not None:
         if mask.requires_grad:  # it selects scores and gets no gradient
             mask = mask.detach()
-        if 0 in mask.stride():
-            mask = collapse_expanded(mask)
+        mask = collapse_expanded(mask)
         if mask.dtype is not torch.bool and mask.dtype is not q.dtype:
             mask = mask != 0
     bias = _kernel_tensor(attn_bias, "attn_bias")

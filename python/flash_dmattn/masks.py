@@ -26,6 +26,8 @@ import dataclasses
 import torch
 from torch import Tensor
 
+from .arguments import collapse_expanded
+
 __all__ = ["TilePlan", "block_scores", "plan", "topk_key_blocks"]
 
 
@@ -91,7 +93,7 @@ def plan(mask: Tensor, *, tile_q: int, tile_kv: int, k_len: int) -> TilePlan:
     if mask.shape[-1] not in (1, k_len):
         raise ValueError(f"mask: key axis has size {mask.shape[-1]}, expected {k_len} or 1")
     # Expanded axes (stride 0) are read as size 1: the plan of a broadcast is a broadcast.
-    m = mask.as_strided([1 if st == 0 and n > 1 else n for n, st in zip(mask.shape, mask.stride())], mask.stride())
+    m = collapse_expanded(mask)
     m = m if m.dtype == torch.bool else m != 0
     if m.shape[2] > 1:
         any_q = _tile_reduce(m, 2, tile_q, False, "any")

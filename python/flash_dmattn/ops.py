@@ -248,11 +248,8 @@ def _impls(backend: str):
 
 
 def _collapse(bias: Optional[Tensor]) -> Optional[Tensor]:
-    """The bias with its expanded axes read as size 1 (a view); the stride test keeps the common
-    case (nothing expanded) cheap."""
-    if bias is None or 0 not in bias.stride():
-        return bias
-    return collapse_expanded(bias)
+    """The bias with its expanded axes read as size 1 (a view), or None."""
+    return None if bias is None else collapse_expanded(bias)
 
 
 def _grad_of_expanded(dbias: Tensor, bias: Tensor, axes: tuple) -> Tensor:
@@ -290,7 +287,7 @@ class CollapseExpanded(torch.autograd.Function):
 
 
 def collapse_with_grad(t: Optional[Tensor]) -> Optional[Tensor]:
-    if t is None or 0 not in t.stride():
+    if t is None or not any(expanded_axes(t)):
         return t
     return CollapseExpanded.apply(t) if _needs_grad(t) else collapse_expanded(t)
 
@@ -366,14 +363,8 @@ def _distinct(*tensors):
     one tensor twice. Eager calls pass through untouched."""
     if not torch.compiler.is_compiling():
         return tensors
-    seen: list = []
-    out = []
-    for t in tensors:
-        if t is not None and any(t is s for s in seen):
-            t = t.view_as(t)
-        seen.append(t)
-        out.append(t)
-    return tuple(out)
+    return tuple(t.view_as(t) if t is not None and any(t is s for s in tensors[:i]) else t
+                 for i, t in enumerate(tensors))
 
 
 def _needs_grad(*tensors) -> bool:

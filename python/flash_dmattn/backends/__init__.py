@@ -70,11 +70,7 @@ def get_available_backends() -> list[str]:
     return [name for name, reason in backend_status().items() if reason is None]
 
 
-def cuda_dmattn_func(q, k, v, attn_mask=None, attn_bias=None, scale=None, is_causal=None,
-                     softcap=None, deterministic=None, return_lse=False):
-    """``flash_dmattn_func``: our CUDA kernels."""
-    return api.flash_dmattn_func(q, k, v, attn_mask, attn_bias, scale, is_causal, softcap, deterministic,
-                                 return_lse)
+cuda_dmattn_func = api.flash_dmattn_func  # our CUDA kernels: the public function itself
 
 
 def triton_dmattn_func(q, k, v, attn_mask=None, attn_bias=None, scale=None, is_causal=None,
